@@ -1,0 +1,34 @@
+//! pulse: a full-stack Rust real-time web app.
+//!
+//! One crate, compiled twice: to the axum server (feature `ssr`) and to the WASM
+//! client that hydrates the server-rendered pages (feature `hydrate`).
+//!
+//! # Layout
+//!
+//! - [`protocol`]: the wire types shared by server and client (SSE feed events).
+//! - [`app`]: the HTML shell, the app shell (navigation) and the routes.
+//! - [`pages`]: one component per page (`feed`: the live feed).
+//! - `server` (feature `ssr`): everything that only runs on the server:
+//!   - `server::config`: settings from the embedded `Leptos.toml`, `LEPTOS_*`/`PULSE_*` env and flags;
+//!   - `server::feed`: the one ticker, the bounded backlog and the SSE endpoint;
+//!   - `server::assets`: the site (WASM, JS, CSS, public/) embedded into the binary;
+//!   - `server::metrics`: Prometheus figures;
+//!   - `server::shutdown`: the signal that ends streams and the server;
+//!   - `server::http`: the router that ties them together and `serve`.
+//! - `main.rs`: the server binary's entry (command line, logging, start).
+//! - [`hydrate`] below: the client's entry point.
+
+pub mod app;
+pub mod pages;
+pub mod protocol;
+
+#[cfg(feature = "ssr")]
+pub mod server;
+
+/// Entry point of the WASM client: hydrates the server-rendered page.
+#[cfg(feature = "hydrate")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_body(app::App);
+}

@@ -1,0 +1,44 @@
+//! Wire types shared by the server and the WASM client.
+//!
+//! The server encodes every feed event from these types and the client decodes
+//! them with the same types, so the two can never drift apart. The wire format
+//! is documented in `docs/protocol.md`.
+
+use serde::{Deserialize, Serialize};
+
+/// Path of the Server-Sent-Events feed.
+pub const FEED_PATH: &str = "/api/events";
+
+/// Query parameter a client may use instead of the `Last-Event-ID` header on
+/// its first connection (browsers only send the header when they reconnect).
+pub const LAST_EVENT_ID_PARAM: &str = "lastEventId";
+
+/// One event of the live feed: the JSON in an SSE `data:` line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum FeedEvent {
+    /// First event on every stream: the subscription is live.
+    Connected {
+        /// Server time, milliseconds since the Unix epoch.
+        timestamp: u64,
+    },
+    /// A value published by the server's ticker.
+    Update {
+        /// Server time, milliseconds since the Unix epoch.
+        timestamp: u64,
+        /// A value in `[0, 1)`.
+        value: f64,
+    },
+    /// The client asked to resume from an id older than the server's backlog:
+    /// some events were missed and cannot be replayed.
+    Gap,
+}
+
+/// A feed event together with its SSE `id:` (its place in the sequence).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeedItem {
+    /// Monotonic sequence number; the SSE `id:` of the event.
+    pub id: u64,
+    /// The event itself.
+    pub event: FeedEvent,
+}
