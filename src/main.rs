@@ -1,0 +1,96 @@
+//! The `pulse` server binary: reads the settings, sets up logging and metrics,
+//! and serves the app until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pulse::server::config::{Cli, Command, LogFormat, Settings};
+use pulse::server::{http, metrics, shutdown};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.overrides) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pulse: invalid settings: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Config) => {
+            println!("site-addr = \"{}\"", settings.leptos.site_addr);
+            match toml::to_string(&settings.app) {
+                Ok(text) => print!("{text}"),
+                Err(e) => eprintln!("pulse: {e}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Command::Serve) | None => run(settings).await,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(settings: Settings) -> ExitCode {
+    init_logging(settings.app.log_format);
+    let metrics = match metrics::install() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!("{e}; /metrics is disabled");
+            None
+        }
+    };
+    let addr = settings.leptos.site_addr;
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot listen on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match listener.local_addr() {
+        Ok(local) => tracing::info!("listening on http://{local}"),
+        Err(e) => tracing::warn!("listening, but the local address is unknown: {e}"),
+    }
+
+    let timeout = settings.app.shutdown_timeout();
+    let token = CancellationToken::new();
+    tokio::spawn(shutdown::cancel_on_signal(token.clone()));
+    let mut server = tokio::spawn(http::serve(listener, settings, token.clone(), metrics));
+
+    let finished = tokio::select! {
+        finished = &mut server => finished,
+        _ = token.cancelled() => match tokio::time::timeout(timeout, &mut server).await {
+            Ok(finished) => finished,
+            Err(_) => {
+                tracing::warn!("connections still open after {}s: exiting anyway", timeout.as_secs());
+                return ExitCode::SUCCESS;
+            }
+        },
+    };
+    match finished {
+        Ok(Ok(())) => {
+            tracing::info!("shut down cleanly");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            tracing::error!("server error: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            tracing::error!("server task failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Everything that only runs on the server (feature `ssr`).
+
+pub mod assets;
+pub mod config;
+pub mod feed;
+pub mod http;
+pub mod metrics;
+pub mod shutdown;
