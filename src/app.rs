@@ -1,0 +1,63 @@
+//! The HTML shell, the app shell (header and navigation) and the routes.
+
+use leptos::prelude::*;
+use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
+use leptos_router::components::{Route, Router, Routes, A};
+use leptos_router::path;
+
+use crate::pages::feed::FeedPage;
+
+/// The HTML document around the app, rendered on the server.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <meta name="description" content="pulse: real-time feed, chat and rooms"/>
+                <link rel="icon" href="/favicon.svg" type="image/svg+xml"/>
+                <AutoReload options=options.clone()/>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body>
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+/// The app: header with navigation, and the page for the current route.
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    view! {
+        <Stylesheet id="leptos" href="/pkg/pulse.css"/>
+        <Title text="pulse"/>
+        <Router>
+            <header class="topbar">
+                <a class="brand" href="/">"pulse"</a>
+                <nav aria-label="Main">
+                    <A href="/" exact=true>"Feed"</A>
+                </nav>
+            </header>
+            <main>
+                <Routes fallback=NotFound>
+                    <Route path=path!("/") view=FeedPage/>
+                </Routes>
+            </main>
+        </Router>
+    }
+}
+
+/// Shown for any path that is neither a page nor an asset.
+#[component]
+fn NotFound() -> impl IntoView {
+    view! {
+        <section class="page">
+            <h1>"Not found"</h1>
+            <p>"There is no page here. " <a href="/">"Back to the feed"</a></p>
+        </section>
+    }
+}

@@ -1,0 +1,3 @@
+//! One component per page.
+
+pub mod feed;
