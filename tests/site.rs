@@ -1,0 +1,112 @@
+//! The release binary serves the whole site from inside itself: pages
+//! rendered on the server, and the embedded, precompressed assets.
+
+mod support;
+
+use support::Server;
+
+#[tokio::test]
+async fn the_feed_page_is_rendered_with_the_latest_events() {
+    let server = Server::start(&[("PULSE_FEED_INTERVAL_MS", "20")]).await;
+    // Wait until the ticker has published, then render.
+    let mut sse = support::Sse::open(&server.url, None).await;
+    sse.next_update().await;
+    let res = reqwest::get(&server.url).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = res.text().await.unwrap();
+    assert!(html.contains("/pkg/pulse.js"), "hydration script");
+    assert!(html.contains("/pkg/pulse.css"), "stylesheet");
+    assert!(html.contains("event-update"), "rendered events: {html}");
+}
+
+#[tokio::test]
+async fn unknown_paths_get_the_apps_404_page() {
+    let server = Server::start(&[]).await;
+    let res = reqwest::get(format!("{}/no/such/page", server.url))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert!(res.text().await.unwrap().contains("Not found"));
+}
+
+#[tokio::test]
+async fn assets_are_embedded_precompressed_and_revalidated() {
+    let server = Server::start(&[]).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, encoding: &str| {
+        client
+            .get(format!("{}{path}", server.url))
+            .header("accept-encoding", encoding)
+            .send()
+    };
+
+    for (path, mime) in [
+        ("/pkg/pulse_bg.wasm", "application/wasm"),
+        ("/pkg/pulse.js", "text/javascript"),
+        ("/pkg/pulse.css", "text/css"),
+        ("/favicon.svg", "image/svg+xml"),
+    ] {
+        let plain = get(path, "identity").await.unwrap();
+        assert_eq!(plain.status(), 200, "{path}");
+        assert_eq!(plain.headers()["content-type"], mime, "{path}");
+        assert!(plain.headers().get("content-encoding").is_none());
+        let plain_len = plain.bytes().await.unwrap().len();
+
+        for (accept, coding) in [("gzip, deflate, br", "br"), ("gzip", "gzip")] {
+            let res = get(path, accept).await.unwrap();
+            assert_eq!(res.status(), 200);
+            assert_eq!(res.headers()["content-encoding"], coding, "{path} {accept}");
+            assert_eq!(res.headers()["content-type"], mime);
+            assert_eq!(res.headers()["vary"], "accept-encoding");
+            assert_eq!(res.headers()["cache-control"], "no-cache");
+            let etag = res.headers()["etag"].clone();
+            let len = res.bytes().await.unwrap().len();
+            if path.ends_with(".wasm") || path.ends_with(".js") {
+                assert!(len < plain_len, "{path}: {coding} {len} < {plain_len}");
+            }
+            let revalidated = client
+                .get(format!("{}{path}", server.url))
+                .header("accept-encoding", accept)
+                .header("if-none-match", etag)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(revalidated.status(), 304, "{path} revalidates");
+        }
+    }
+}
+
+#[test]
+fn help_lists_every_setting() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for var in [
+        "PULSE_FEED_INTERVAL_MS",
+        "PULSE_FEED_BACKLOG",
+        "PULSE_SSE_RETRY_MS",
+        "PULSE_SSE_KEEP_ALIVE_S",
+        "PULSE_SHUTDOWN_TIMEOUT_S",
+        "PULSE_LOG_FORMAT",
+        "LEPTOS_SITE_ADDR",
+    ] {
+        assert!(help.contains(var), "--help mentions {var}");
+    }
+}
+
+#[test]
+fn invalid_settings_are_refused_with_a_clear_message() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .env("PULSE_FEED_BACKLOG", "5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("PULSE_FEED_BACKLOG"), "{err}");
+}

@@ -1,0 +1,200 @@
+//! Test support: the real `pulse` binary started on a free port, and a small
+//! SSE reader over a real HTTP client.
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// Generous bound for waiting on a condition; tests never sleep for a fixed time.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A running `pulse` process.
+pub struct Server {
+    /// The process; killed on drop.
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Log lines the process writes.
+    pub logs: mpsc::UnboundedReceiver<String>,
+}
+
+impl Server {
+    /// Starts the binary on port 0 with `env` and waits until it listens.
+    pub async fn start(env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulse"));
+        cmd.env("LEPTOS_SITE_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .env("PULSE_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn pulse");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, mut logs) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        let url = tokio::time::timeout(WAIT, async {
+            while let Some(line) = logs.recv().await {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    return rest.trim().to_string();
+                }
+            }
+            panic!("pulse exited before listening");
+        })
+        .await
+        .expect("pulse did not start listening");
+        Server { child, url, logs }
+    }
+
+    /// Sends a signal to the process (`TERM`, `INT`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name} {pid}");
+    }
+
+    /// One series of `/metrics`, e.g. `pulse_feed_subscribers`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(f64::NAN)
+    }
+
+    /// Waits until `series` reads `value`.
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let now = self.metric(series).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} stayed at {now}, expected {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One SSE frame, as a client sees it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Frame {
+    pub id: Option<u64>,
+    pub data: Option<serde_json::Value>,
+    pub retry: Option<u64>,
+    pub comment: Option<String>,
+}
+
+impl Frame {
+    /// The `type` of the event's JSON.
+    pub fn kind(&self) -> Option<&str> {
+        self.data.as_ref()?.get("type")?.as_str()
+    }
+}
+
+/// A reader of one `text/event-stream` response.
+pub struct Sse {
+    pub response_headers: reqwest::header::HeaderMap,
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+}
+
+impl Sse {
+    /// Opens `GET {url}/api/events`, with a `Last-Event-ID` header if given.
+    pub async fn open(url: &str, last_event_id: Option<&str>) -> Sse {
+        Self::open_path(url, "/api/events", last_event_id).await
+    }
+
+    pub async fn open_path(url: &str, path: &str, last_event_id: Option<&str>) -> Sse {
+        let mut req = reqwest::Client::new().get(format!("{url}{path}"));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let res = req.send().await.expect("GET /api/events");
+        assert_eq!(res.status(), 200, "status of {path}");
+        Sse {
+            response_headers: res.headers().clone(),
+            stream: res.bytes_stream().boxed(),
+            buf: String::new(),
+        }
+    }
+
+    /// The next frame, or `None` when the stream ends.
+    pub async fn next(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let raw: String = self.buf.drain(..end + 2).collect();
+                let mut frame = Frame::default();
+                for line in raw.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        frame.id = Some(v.parse().expect("numeric id"));
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        frame.data = Some(serde_json::from_str(v).expect("JSON data"));
+                    } else if let Some(v) = line.strip_prefix("retry: ") {
+                        frame.retry = Some(v.parse().expect("numeric retry"));
+                    } else if let Some(v) = line.strip_prefix(':') {
+                        frame.comment = Some(v.trim().to_string());
+                    }
+                }
+                return Some(frame);
+            }
+            match tokio::time::timeout(WAIT, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self
+                    .buf
+                    .push_str(std::str::from_utf8(&chunk).expect("utf-8")),
+                Ok(Some(Err(_))) | Ok(None) => return None,
+                Err(_) => panic!("no SSE frame within {WAIT:?}"),
+            }
+        }
+    }
+
+    /// The next frame that carries an event (skips `retry:` and comments).
+    pub async fn next_event(&mut self) -> Frame {
+        loop {
+            let frame = self.next().await.expect("stream ended");
+            if frame.data.is_some() {
+                return frame;
+            }
+        }
+    }
+
+    /// The next `update` event.
+    pub async fn next_update(&mut self) -> Frame {
+        loop {
+            let frame = self.next_event().await;
+            if frame.kind() == Some("update") {
+                return frame;
+            }
+        }
+    }
+}
