@@ -21,6 +21,7 @@
 pub mod app;
 pub mod pages;
 pub mod protocol;
+pub mod session;
 
 #[cfg(feature = "ssr")]
 pub mod server;

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use pulse::server::auth::Auth;
 use pulse::server::config::{Cli, Command, LogFormat, Settings};
 use pulse::server::{http, metrics, shutdown};
 use tokio::net::TcpListener;
@@ -29,7 +30,33 @@ async fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Some(Command::Token { sub, ttl }) => print_token(&settings, &sub, ttl),
         Some(Command::Serve) | None => run(settings).await,
+    }
+}
+
+/// `pulse token`: prints a JWT signed with PULSE_JWT_SECRET.
+fn print_token(settings: &Settings, sub: &str, ttl: std::time::Duration) -> ExitCode {
+    let Some(secret) = &settings.jwt_secret else {
+        eprintln!("pulse: set PULSE_JWT_SECRET to the server's secret to mint tokens");
+        return ExitCode::from(2);
+    };
+    let Some(name) = pulse::protocol::valid_display_name(sub) else {
+        eprintln!(
+            "pulse: --sub must be 1 to {} characters",
+            pulse::protocol::MAX_NAME_CHARS
+        );
+        return ExitCode::from(2);
+    };
+    match Auth::new(secret.as_bytes(), ttl).issue(name, ttl) {
+        Ok((token, _)) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pulse: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use leptos::config::LeptosOptions;
 use serde::Deserialize;
 
+use crate::protocol::DEFAULT_ROOMS;
+
 /// The configuration file compiled into the binary.
 pub const EMBEDDED_CONFIG: &str = include_str!("../../Leptos.toml");
 
@@ -46,6 +48,15 @@ pub enum Command {
     Serve,
     /// Print the effective settings as TOML and exit.
     Config,
+    /// Print a JWT for scripts and other services (needs PULSE_JWT_SECRET).
+    Token {
+        /// The display name (the token's `sub`).
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid, e.g. `1h`, `30m`, `7d`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 /// Command-line / environment overrides of the `[pulse]` table.
@@ -70,6 +81,36 @@ pub struct Overrides {
     /// Log line format.
     #[arg(long, env = "PULSE_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
+    /// Lifetime of a sign-in session, in seconds.
+    #[arg(long, env = "PULSE_SESSION_TTL_S", global = true)]
+    pub session_ttl_s: Option<u64>,
+    /// Chat messages one user may send per minute.
+    #[arg(long, env = "PULSE_RATE_LIMIT_PER_MIN", global = true)]
+    pub rate_limit_per_min: Option<u32>,
+    /// Most chat rooms the server holds at once.
+    #[arg(long, env = "PULSE_MAX_ROOMS", global = true)]
+    pub max_rooms: Option<usize>,
+    /// Seconds after which an empty non-default room is dropped.
+    #[arg(long, env = "PULSE_ROOM_IDLE_S", global = true)]
+    pub room_idle_s: Option<u64>,
+    /// WebSocket ping period, in seconds.
+    #[arg(long, env = "PULSE_WS_PING_INTERVAL_S", global = true)]
+    pub ws_ping_interval_s: Option<u64>,
+    /// Frames queued for one WebSocket before it is dropped as too slow.
+    #[arg(long, env = "PULSE_WS_QUEUE", global = true)]
+    pub ws_queue: Option<usize>,
+    /// Origins allowed to open a WebSocket, comma-separated (default: the site's own).
+    #[arg(
+        long,
+        env = "PULSE_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Secret for signing and checking JWTs (HS256), 32 bytes or more. Unset: a
+    /// random one per start (sessions do not survive a restart or span instances).
+    #[arg(long, env = "PULSE_JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
 }
 
 /// How log lines are written.
@@ -98,6 +139,20 @@ pub struct AppSettings {
     pub shutdown_timeout_s: u64,
     /// Log line format.
     pub log_format: LogFormat,
+    /// Lifetime of a sign-in session, in seconds.
+    pub session_ttl_s: u64,
+    /// Chat messages one user may send per minute.
+    pub rate_limit_per_min: u32,
+    /// Most rooms held at once.
+    pub max_rooms: usize,
+    /// Idle time after which an empty non-default room is dropped, in seconds.
+    pub room_idle_s: u64,
+    /// WebSocket ping period, in seconds.
+    pub ws_ping_interval_s: u64,
+    /// Outbound queue length of one WebSocket.
+    pub ws_queue: usize,
+    /// Origins allowed to open a WebSocket; empty means the site's own.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Everything the server needs to start.
@@ -107,7 +162,12 @@ pub struct Settings {
     pub leptos: LeptosOptions,
     /// The app's own settings.
     pub app: AppSettings,
+    /// The JWT secret, if one is configured (never printed).
+    pub jwt_secret: Option<String>,
 }
+
+/// Shortest JWT secret accepted: HS256 wants a key as long as its hash.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// The top level of Leptos.toml, as far as the app is concerned.
 #[derive(Deserialize)]
@@ -131,6 +191,21 @@ impl AppSettings {
         Duration::from_secs(self.shutdown_timeout_s)
     }
 
+    /// Lifetime of a sign-in session.
+    pub fn session_ttl(&self) -> Duration {
+        Duration::from_secs(self.session_ttl_s)
+    }
+
+    /// WebSocket ping period.
+    pub fn ws_ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ws_ping_interval_s)
+    }
+
+    /// How long an empty non-default room is kept.
+    pub fn room_idle(&self) -> Duration {
+        Duration::from_secs(self.room_idle_s)
+    }
+
     fn apply(&mut self, o: &Overrides) {
         let Overrides {
             feed_interval_ms,
@@ -139,6 +214,14 @@ impl AppSettings {
             sse_keep_alive_s,
             shutdown_timeout_s,
             log_format,
+            session_ttl_s,
+            rate_limit_per_min,
+            max_rooms,
+            room_idle_s,
+            ws_ping_interval_s,
+            ws_queue,
+            allowed_origins,
+            jwt_secret: _,
         } = o;
         if let Some(v) = feed_interval_ms {
             self.feed_interval_ms = *v;
@@ -158,6 +241,31 @@ impl AppSettings {
         if let Some(v) = log_format {
             self.log_format = *v;
         }
+        if let Some(v) = session_ttl_s {
+            self.session_ttl_s = *v;
+        }
+        if let Some(v) = rate_limit_per_min {
+            self.rate_limit_per_min = *v;
+        }
+        if let Some(v) = max_rooms {
+            self.max_rooms = *v;
+        }
+        if let Some(v) = room_idle_s {
+            self.room_idle_s = *v;
+        }
+        if let Some(v) = ws_ping_interval_s {
+            self.ws_ping_interval_s = *v;
+        }
+        if let Some(v) = ws_queue {
+            self.ws_queue = *v;
+        }
+        if let Some(v) = allowed_origins {
+            self.allowed_origins = v
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .filter(|o| !o.is_empty())
+                .collect();
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -172,6 +280,33 @@ impl AppSettings {
         }
         if self.sse_keep_alive_s == 0 {
             return Err("sse-keep-alive-s (PULSE_SSE_KEEP_ALIVE_S) must be at least 1".into());
+        }
+        if self.session_ttl_s < 60 {
+            return Err("session-ttl-s (PULSE_SESSION_TTL_S) must be at least 60".into());
+        }
+        if self.rate_limit_per_min == 0 {
+            return Err("rate-limit-per-min (PULSE_RATE_LIMIT_PER_MIN) must be at least 1".into());
+        }
+        if self.max_rooms < DEFAULT_ROOMS.len() {
+            return Err(format!(
+                "max-rooms (PULSE_MAX_ROOMS) must be at least {}",
+                DEFAULT_ROOMS.len()
+            ));
+        }
+        if self.ws_ping_interval_s == 0 {
+            return Err("ws-ping-interval-s (PULSE_WS_PING_INTERVAL_S) must be at least 1".into());
+        }
+        if self.ws_queue == 0 {
+            return Err("ws-queue (PULSE_WS_QUEUE) must be at least 1".into());
+        }
+        if let Some(bad) = self
+            .allowed_origins
+            .iter()
+            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+        {
+            return Err(format!(
+                "allowed-origins (PULSE_ALLOWED_ORIGINS): {bad:?} is not an origin like https://example.com"
+            ));
         }
         Ok(())
     }
@@ -193,7 +328,20 @@ impl Settings {
             .pulse;
         app.apply(overrides);
         app.validate()?;
-        Ok(Settings { leptos, app })
+        let jwt_secret = overrides.jwt_secret.clone().filter(|s| !s.is_empty());
+        if let Some(secret) = &jwt_secret {
+            if secret.len() < MIN_JWT_SECRET_BYTES {
+                return Err(format!(
+                    "PULSE_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes, got {}",
+                    secret.len()
+                ));
+            }
+        }
+        Ok(Settings {
+            leptos,
+            app,
+            jwt_secret,
+        })
     }
 }
 

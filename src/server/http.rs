@@ -3,6 +3,7 @@
 //! runs it until shutdown.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRef, Request, State};
@@ -18,7 +19,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{shell, App};
-use crate::protocol::FEED_PATH;
+use crate::protocol::{FEED_PATH, WS_PATH};
+use crate::server::auth::Auth;
+use crate::server::chat::{self, Chat};
 use crate::server::config::Settings;
 use crate::server::feed::{self, Feed, FeedState};
 use crate::server::{assets, metrics};
@@ -30,6 +33,8 @@ pub struct AppState {
     pub leptos_options: LeptosOptions,
     /// The live feed.
     pub feed: Arc<Feed>,
+    /// Chat rooms and the WebSocket endpoint's settings.
+    pub chat: Arc<Chat>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Renders `/metrics`; `None` when no recorder is installed.
@@ -39,6 +44,12 @@ pub struct AppState {
 impl FromRef<AppState> for LeptosOptions {
     fn from_ref(state: &AppState) -> Self {
         state.leptos_options.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Chat> {
+    fn from_ref(state: &AppState) -> Self {
+        state.chat.clone()
     }
 }
 
@@ -54,18 +65,27 @@ impl FromRef<AppState> for FeedState {
 /// The whole app as one router.
 pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
-    let feed = state.feed.clone();
-    // Server functions and server-side rendering reach the server's state
-    // through Leptos context.
-    let context = move || provide_context(feed.clone());
+    let context = server_context(&state);
     let options = state.leptos_options.clone();
     Router::new()
         .route(FEED_PATH, get(feed::events))
+        .route(WS_PATH, get(chat::upgrade))
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .leptos_routes_with_context(&state, routes, context, move || shell(options.clone()))
         .fallback(fallback)
         .with_state(state)
+}
+
+/// What server functions and server-side rendering reach through Leptos
+/// context: the feed and the token issuer.
+fn server_context(state: &AppState) -> impl Fn() + Clone + Send + Sync + 'static {
+    let feed = state.feed.clone();
+    let auth = state.chat.auth.clone();
+    move || {
+        provide_context(feed.clone());
+        provide_context(auth.clone());
+    }
 }
 
 /// Assets embedded in the binary; anything else is the app's 404 page.
@@ -74,11 +94,10 @@ async fn fallback(State(state): State<AppState>, req: Request<Body>) -> Response
         return res;
     }
     let options = state.leptos_options.clone();
-    let feed = state.feed.clone();
-    let render = leptos_axum::render_app_to_stream_with_context(
-        move || provide_context(feed.clone()),
-        move || shell(options.clone()),
-    );
+    let render =
+        leptos_axum::render_app_to_stream_with_context(server_context(&state), move || {
+            shell(options.clone())
+        });
     let mut res = render(req).await.into_response();
     *res.status_mut() = StatusCode::NOT_FOUND;
     res
@@ -98,6 +117,9 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Period of the chat upkeep (idle rooms, rate-limit state).
+const UPKEEP_PERIOD: Duration = Duration::from_secs(10);
+
 /// Runs the app on `listener` until `shutdown` is cancelled and every
 /// connection has finished (open SSE streams end on their own at shutdown).
 pub async fn serve(
@@ -109,7 +131,7 @@ pub async fn serve(
     let app = &settings.app;
     let feed = Arc::new(Feed::new(
         app.feed_backlog,
-        std::time::Duration::from_millis(app.sse_retry_ms),
+        Duration::from_millis(app.sse_retry_ms),
     ));
     let ticker = tokio::spawn(feed::run_ticker(
         feed.clone(),
@@ -117,9 +139,26 @@ pub async fn serve(
         app.sse_keep_alive(),
         shutdown.clone(),
     ));
+    let secret = match &settings.jwt_secret {
+        Some(secret) => secret.as_bytes().to_vec(),
+        None => {
+            tracing::warn!(
+                "PULSE_JWT_SECRET is not set: using a random secret, so sessions and tokens \
+                 will not survive a restart or work across instances"
+            );
+            Auth::random_secret()
+        }
+    };
+    let auth = Arc::new(Auth::new(&secret, app.session_ttl()));
+    let chat = Arc::new(Chat::new(app, auth, shutdown.clone()));
+    let upkeep = tokio::spawn(
+        chat.clone()
+            .run_upkeep(UPKEEP_PERIOD.min(app.room_idle().max(Duration::from_secs(1)))),
+    );
     let state = AppState {
         leptos_options: settings.leptos.clone(),
         feed,
+        chat,
         shutdown: shutdown.clone(),
         metrics,
     };
@@ -128,5 +167,6 @@ pub async fn serve(
         .await;
     shutdown.cancel();
     let _ = ticker.await;
+    let _ = upkeep.await;
     result
 }

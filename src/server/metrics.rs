@@ -13,21 +13,38 @@ pub const OPEN_CONNECTIONS: &str = "pulse_open_connections";
 pub const CONNECTIONS_OPENED: &str = "pulse_connections_opened_total";
 /// Receivers of the feed's broadcast channel (one per open SSE stream).
 pub const FEED_SUBSCRIBERS: &str = "pulse_feed_subscribers";
+/// Chat frames received from clients.
+pub const MESSAGES_RECEIVED: &str = "pulse_messages_received_total";
+/// Chat messages delivered to clients (one per recipient).
+pub const MESSAGES_DELIVERED: &str = "pulse_messages_delivered_total";
+/// Messages refused by the rate limit.
+pub const RATE_LIMITED: &str = "pulse_rate_limited_total";
+/// Frames refused as invalid.
+pub const INVALID_MESSAGES: &str = "pulse_invalid_messages_total";
+/// WebSocket upgrades refused, by reason.
+pub const REJECTED_UPGRADES: &str = "pulse_rejected_upgrades_total";
+/// Clients disconnected because their outbound queue overflowed.
+pub const SLOW_CLIENTS_DROPPED: &str = "pulse_slow_clients_dropped_total";
+/// Chat rooms held.
+pub const ROOMS: &str = "pulse_rooms";
 
 /// How a client is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     /// A Server-Sent-Events stream.
     Sse,
+    /// A WebSocket.
+    Ws,
 }
 
 impl Transport {
     /// Every transport, for zeroing the series at start.
-    const ALL: &'static [Transport] = &[Transport::Sse];
+    const ALL: &'static [Transport] = &[Transport::Sse, Transport::Ws];
 
     fn label(self) -> &'static str {
         match self {
             Transport::Sse => "sse",
+            Transport::Ws => "ws",
         }
     }
 }
@@ -45,6 +62,25 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_gauge!(OPEN_CONNECTIONS, "Open connections, by transport.");
     metrics::describe_counter!(CONNECTIONS_OPENED, "Connections opened since start.");
     metrics::describe_gauge!(FEED_SUBSCRIBERS, "Receivers of the live feed.");
+    for name in [
+        MESSAGES_RECEIVED,
+        MESSAGES_DELIVERED,
+        RATE_LIMITED,
+        INVALID_MESSAGES,
+        SLOW_CLIENTS_DROPPED,
+    ] {
+        counter!(name).absolute(0);
+    }
+    metrics::describe_counter!(MESSAGES_RECEIVED, "Chat frames received from clients.");
+    metrics::describe_counter!(
+        MESSAGES_DELIVERED,
+        "Chat messages delivered, one per recipient."
+    );
+    metrics::describe_counter!(RATE_LIMITED, "Messages refused by the rate limit.");
+    metrics::describe_counter!(INVALID_MESSAGES, "Frames refused as invalid.");
+    metrics::describe_counter!(REJECTED_UPGRADES, "WebSocket upgrades refused, by reason.");
+    metrics::describe_counter!(SLOW_CLIENTS_DROPPED, "Clients dropped for not reading.");
+    metrics::describe_gauge!(ROOMS, "Chat rooms held.");
     Ok(handle)
 }
 
@@ -62,4 +98,39 @@ pub fn connection_closed(t: Transport) {
 /// Sets a gauge read at scrape time (e.g. the feed's subscriber count).
 pub fn set_feed_subscribers(n: usize) {
     gauge!(FEED_SUBSCRIBERS).set(n as f64);
+}
+
+/// A frame arrived from a WebSocket client.
+pub fn message_received() {
+    counter!(MESSAGES_RECEIVED).increment(1);
+}
+
+/// `n` recipients were sent a chat message.
+pub fn messages_delivered(n: u64) {
+    counter!(MESSAGES_DELIVERED).increment(n);
+}
+
+/// A message was refused by the rate limit.
+pub fn rate_limited() {
+    counter!(RATE_LIMITED).increment(1);
+}
+
+/// A frame was refused as invalid.
+pub fn invalid_message() {
+    counter!(INVALID_MESSAGES).increment(1);
+}
+
+/// A WebSocket upgrade was refused (`origin`, `no_token`, `bad_token`, …).
+pub fn upgrade_rejected(reason: &'static str) {
+    counter!(REJECTED_UPGRADES, "reason" => reason).increment(1);
+}
+
+/// A client was disconnected for not reading its queue.
+pub fn slow_client_dropped() {
+    counter!(SLOW_CLIENTS_DROPPED).increment(1);
+}
+
+/// The number of chat rooms changed.
+pub fn set_rooms(n: usize) {
+    gauge!(ROOMS).set(n as f64);
 }

@@ -1,6 +1,8 @@
 //! Everything that only runs on the server (feature `ssr`).
 
 pub mod assets;
+pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod feed;
 pub mod http;

@@ -198,3 +198,5 @@ impl Sse {
         }
     }
 }
+
+pub mod ws;

@@ -1,8 +1,4 @@
-//! Wire types shared by the server and the WASM client.
-//!
-//! The server encodes every feed event from these types and the client decodes
-//! them with the same types, so the two can never drift apart. The wire format
-//! is documented in `docs/protocol.md`.
+//! The live feed (Server-Sent Events at [`FEED_PATH`]).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,242 @@
+//! One WebSocket connection, from upgrade to close.
+//!
+//! Two halves: this task reads frames, checks them and acts on the hub; a
+//! writer task owns the socket's sending half and drains the connection's
+//! bounded queue (everything sent to this client, its own replies included,
+//! goes through that queue, so frames keep their order). When the reader
+//! finishes, for whatever reason, it removes the connection from its rooms,
+//! queues the close frame and gives the writer a moment to send it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::{SinkExt, StreamExt};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use super::hub::{error, ConnId, Outbox};
+use super::Chat;
+use crate::protocol::{
+    ClientMessage, ErrorCode, ServerMessage, CLOSE_GOING_AWAY, CLOSE_PING_TIMEOUT,
+    CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_TOO_SLOW, MAX_FRAME_BYTES, MAX_ROOMS_PER_CONNECTION,
+    MAX_TEXT_CHARS,
+};
+use crate::server::auth::{now_secs, Claims};
+use crate::server::metrics::{self, Transport};
+
+/// How long the writer may take to send the last frames and the close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the connection ends, and what (if anything) to tell the client.
+enum End {
+    /// The client closed or vanished: nothing to send.
+    ClientGone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// Runs an upgraded socket until it ends. Never panics on client input; an
+/// error only ends this connection.
+pub async fn run(socket: WebSocket, chat: Arc<Chat>, id: ConnId, claims: Claims) {
+    let span = tracing::info_span!("ws", conn = id, user = %claims.sub);
+    serve(socket, chat, id, claims).instrument(span).await
+}
+
+async fn serve(socket: WebSocket, chat: Arc<Chat>, id: ConnId, claims: Claims) {
+    metrics::connection_opened(Transport::Ws);
+    tracing::debug!("connected");
+    let user: Arc<str> = Arc::from(claims.sub.as_str());
+    let (mut sink, mut stream) = socket.split();
+    let (outbox, mut queue) = Outbox::new(chat.queue);
+
+    let writer = tokio::spawn(
+        async move {
+            while let Some(frame) = queue.recv().await {
+                let closing = matches!(frame, Message::Close(_));
+                if sink.send(frame).await.is_err() || closing {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        }
+        .in_current_span(),
+    );
+
+    let mut joined = BTreeSet::<String>::new();
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + chat.ping_interval, chat.ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Anything from the client (a pong above all) proves it is alive.
+    let mut heard_since_ping = true;
+    let expiry = tokio::time::sleep(Duration::from_secs(claims.exp.saturating_sub(now_secs())));
+    tokio::pin!(expiry);
+
+    let end = loop {
+        tokio::select! {
+            _ = chat.shutdown.cancelled() => break End::Close(CLOSE_GOING_AWAY, "server shutting down"),
+            _ = outbox.too_slow().cancelled() => break End::Close(CLOSE_TOO_SLOW, "too slow: outbound queue full"),
+            _ = &mut expiry => break End::Close(CLOSE_TOKEN_EXPIRED, "token expired"),
+            _ = ping.tick() => {
+                if !heard_since_ping {
+                    break End::Close(CLOSE_PING_TIMEOUT, "no answer to ping");
+                }
+                heard_since_ping = false;
+                outbox.push(Message::Ping(Default::default()));
+            }
+            frame = stream.next() => {
+                heard_since_ping = true;
+                match frame {
+                    None | Some(Ok(Message::Close(_))) => break End::ClientGone,
+                    Some(Err(e)) => {
+                        tracing::debug!("read error: {e}");
+                        // The codec refuses frames over the limit; other read
+                        // errors mean the peer is gone or broke the protocol.
+                        break if is_too_big(&e) {
+                            End::Close(CLOSE_TOO_BIG, "frame too large")
+                        } else {
+                            End::ClientGone
+                        };
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        if text.len() > MAX_FRAME_BYTES {
+                            break End::Close(CLOSE_TOO_BIG, "frame too large");
+                        }
+                        metrics::message_received();
+                        handle(&chat, id, &user, &outbox, &mut joined, text.as_str());
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        metrics::invalid_message();
+                        outbox.send(&error(ErrorCode::InvalidMessage, "binary frames are not supported; send JSON text"));
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+        }
+    };
+
+    chat.hub.disconnect(id, &joined);
+    let slow = outbox.too_slow().is_cancelled();
+    if let End::Close(code, reason) = end {
+        tracing::debug!(code, reason, "closing");
+        outbox.push(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })));
+    }
+    drop(outbox);
+    // A client too slow to read its queue will not read a close frame either.
+    if slow {
+        writer.abort();
+    } else if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
+        tracing::debug!("writer did not finish in time");
+    }
+    metrics::connection_closed(Transport::Ws);
+    tracing::debug!("disconnected");
+}
+
+/// Whether a read error is the codec refusing an oversized frame.
+fn is_too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+}
+
+/// Acts on one text frame from the client.
+fn handle(
+    chat: &Chat,
+    id: ConnId,
+    user: &Arc<str>,
+    outbox: &Outbox,
+    joined: &mut BTreeSet<String>,
+    text: &str,
+) {
+    let msg = match serde_json::from_str::<ClientMessage>(text) {
+        Ok(msg) => msg,
+        Err(e) => {
+            metrics::invalid_message();
+            outbox.send(&error(
+                ErrorCode::InvalidMessage,
+                format!("expected {{\"type\":\"join\"|\"leave\"|\"message\",…}}: {e}"),
+            ));
+            return;
+        }
+    };
+    match msg {
+        ClientMessage::Join { room } => {
+            if !joined.contains(&room) && joined.len() >= MAX_ROOMS_PER_CONNECTION {
+                outbox.send(&error(
+                    ErrorCode::InvalidRoom,
+                    format!(
+                        "at most {MAX_ROOMS_PER_CONNECTION} rooms per connection; leave one first"
+                    ),
+                ));
+                return;
+            }
+            if let Err(wait) = chat.check_room_change_rate(user) {
+                outbox.send(&rate_limited(wait));
+                return;
+            }
+            match chat.hub.join(id, user, outbox, &room) {
+                Ok(()) => {
+                    joined.insert(room);
+                }
+                Err(e) => {
+                    outbox.send(&e);
+                }
+            }
+        }
+        ClientMessage::Leave { room } => {
+            if !joined.contains(&room) {
+                outbox.send(&not_in_room(&room));
+                return;
+            }
+            if let Err(wait) = chat.check_room_change_rate(user) {
+                outbox.send(&rate_limited(wait));
+                return;
+            }
+            chat.hub.leave(id, outbox, &room);
+            joined.remove(&room);
+        }
+        ClientMessage::Message { room, text } => {
+            let text = text.trim();
+            let chars = text.chars().count();
+            if chars == 0 || chars > MAX_TEXT_CHARS {
+                metrics::invalid_message();
+                outbox.send(&error(
+                    ErrorCode::InvalidMessage,
+                    format!(
+                        "text must be 1-{MAX_TEXT_CHARS} characters after trimming, got {chars}"
+                    ),
+                ));
+                return;
+            }
+            if !joined.contains(&room) {
+                outbox.send(&not_in_room(&room));
+                return;
+            }
+            if let Err(wait) = chat.check_message_rate(user) {
+                metrics::rate_limited();
+                outbox.send(&rate_limited(wait));
+                return;
+            }
+            chat.hub.say(id, user, &room, text);
+        }
+    }
+}
+
+fn not_in_room(room: &str) -> ServerMessage {
+    error(
+        ErrorCode::NotInRoom,
+        format!("join {room:?} before sending to it or leaving it"),
+    )
+}
+
+fn rate_limited(wait: Duration) -> ServerMessage {
+    let ms = wait.as_millis().max(1) as u64;
+    ServerMessage::Error {
+        code: ErrorCode::RateLimited,
+        message: format!("too many messages; try again in {ms} ms"),
+        retry_after_ms: Some(ms),
+    }
+}

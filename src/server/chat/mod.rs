@@ -1,0 +1,188 @@
+//! Chat and rooms over a WebSocket at `GET /ws`.
+//!
+//! - [`upgrade`] checks the origin and the token, then upgrades;
+//! - [`connection`] runs one socket: a reader loop here and a writer task
+//!   that drains the connection's bounded queue;
+//! - [`hub`] holds the rooms and delivers to their members.
+
+pub mod connection;
+pub mod hub;
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, OriginalUri, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::MAX_FRAME_BYTES;
+use crate::server::auth::{Auth, AuthError};
+use crate::server::config::AppSettings;
+use crate::server::metrics;
+use hub::Hub;
+
+/// Everything the WebSocket endpoint needs, shared by all connections.
+pub struct Chat {
+    /// The rooms.
+    pub hub: Hub,
+    /// Checks tokens.
+    pub auth: Arc<Auth>,
+    /// Chat messages per user per minute.
+    messages: DefaultKeyedRateLimiter<Arc<str>>,
+    /// Joins and leaves per user per minute (each one notifies a whole room).
+    room_changes: DefaultKeyedRateLimiter<Arc<str>>,
+    /// Origins allowed to connect; empty means the site's own.
+    allowed_origins: Vec<String>,
+    /// Period of the server's pings.
+    pub ping_interval: Duration,
+    /// Outbound queue length per connection.
+    pub queue: usize,
+    /// Source of connection ids.
+    next_id: AtomicU64,
+    /// Cancelled at shutdown: every socket closes with 1001.
+    pub shutdown: CancellationToken,
+}
+
+impl Chat {
+    /// The chat service for these settings.
+    pub fn new(app: &AppSettings, auth: Arc<Auth>, shutdown: CancellationToken) -> Self {
+        let per_min = NonZeroU32::new(app.rate_limit_per_min).unwrap_or(NonZeroU32::MIN);
+        Chat {
+            hub: Hub::new(app.max_rooms, app.room_idle()),
+            auth,
+            messages: RateLimiter::keyed(Quota::per_minute(per_min)),
+            room_changes: RateLimiter::keyed(Quota::per_minute(per_min)),
+            allowed_origins: app.allowed_origins.clone(),
+            ping_interval: app.ws_ping_interval(),
+            queue: app.ws_queue,
+            next_id: AtomicU64::new(1),
+            shutdown,
+        }
+    }
+
+    /// `Ok` if `user` may send another message now, else how long to wait.
+    pub fn check_message_rate(&self, user: &Arc<str>) -> Result<(), Duration> {
+        Self::check(&self.messages, user)
+    }
+
+    /// `Ok` if `user` may join or leave a room now, else how long to wait.
+    pub fn check_room_change_rate(&self, user: &Arc<str>) -> Result<(), Duration> {
+        Self::check(&self.room_changes, user)
+    }
+
+    fn check(limiter: &DefaultKeyedRateLimiter<Arc<str>>, user: &Arc<str>) -> Result<(), Duration> {
+        limiter
+            .check_key(user)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Periodic upkeep: drops idle rooms and forgets rate-limit state of users
+    /// who have been quiet, so neither grows without bound.
+    pub async fn run_upkeep(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let dropped = self.hub.sweep();
+            if dropped > 0 {
+                tracing::debug!(dropped, "dropped idle rooms");
+            }
+            for limiter in [&self.messages, &self.room_changes] {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Whether a browser page from `origin` may open a socket on `host`.
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim_end_matches('/');
+        if self.allowed_origins.is_empty() {
+            // The site's own origin: same host and port as the request.
+            let origin_host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            origin_host.is_some() && origin_host == host
+        } else {
+            self.allowed_origins.iter().any(|o| o == origin)
+        }
+    }
+}
+
+/// `GET /ws`: 403 for a foreign origin, 401 without a valid token, else the
+/// upgrade to a chat connection.
+pub async fn upgrade(
+    State(chat): State<Arc<Chat>>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    ws: MaybeUpgrade,
+) -> Response {
+    // The origin first: a cookie must never let another site in.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|origin| chat.origin_allowed(origin, host));
+        if !allowed {
+            metrics::upgrade_rejected("origin");
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+    }
+    let claims = match chat.auth.authenticate(&headers, uri.query()) {
+        Ok(claims) => claims,
+        Err(e) => {
+            metrics::upgrade_rejected(match e {
+                AuthError::Missing => "no_token",
+                AuthError::Invalid(_) => "bad_token",
+            });
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                e.to_string(),
+            )
+                .into_response();
+        }
+    };
+    let ws = match ws.0 {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            metrics::upgrade_rejected("not_websocket");
+            return rejection;
+        }
+    };
+    let id = chat.next_id.fetch_add(1, Ordering::Relaxed);
+    // Frames up to 16 KiB are read; anything larger is refused by the codec
+    // (and the connection closed with 1009). Buffers are sized for chat frames,
+    // not tungstenite's 128 KiB defaults: idle sockets stay small.
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| connection::run(socket, chat, id, claims))
+}
+
+/// The upgrade, or the response that says why the request is not one; taken
+/// this way so that auth is checked (and answered) before the upgrade headers.
+pub struct MaybeUpgrade(Result<WebSocketUpgrade, Response>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybeUpgrade {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(MaybeUpgrade(
+            WebSocketUpgrade::from_request_parts(parts, state)
+                .await
+                .map_err(IntoResponse::into_response),
+        ))
+    }
+}

@@ -1,0 +1,394 @@
+//! The chat endpoint (`GET /ws`) against the real server, with a real
+//! WebSocket client: authentication, origin check, rooms, presence, history,
+//! validation, rate limits, token expiry and slow clients.
+
+mod support;
+
+use serde_json::json;
+use support::ws::{self, now, token, token_with, upgrade_status, ws_url, Client, SECRET};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn bad_or_missing_tokens_get_401_and_no_upgrade() {
+    let server = ws::start(&[]).await;
+    let url = ws_url(&server);
+    let bearer = |t: &str| format!("Bearer {t}");
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let alg_none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&format!(r#"{{"sub":"Eve","exp":{}}}"#, now() + 3600))
+    );
+    let cases = [
+        ("missing", None),
+        ("malformed", Some(bearer("not-a-jwt"))),
+        (
+            "wrong key",
+            Some(bearer(&token_with(
+                "another secret, also long enough!!",
+                "Eve",
+                now() + 3600,
+            ))),
+        ),
+        (
+            "expired",
+            Some(bearer(&token_with(SECRET, "Eve", now() - 5))),
+        ),
+        ("alg none", Some(bearer(&alg_none))),
+    ];
+    for (case, auth) in cases {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        assert_eq!(upgrade_status(&url, &headers).await, 401, "{case}");
+    }
+    assert_eq!(
+        server
+            .metric("pulse_open_connections{transport=\"ws\"}")
+            .await,
+        0.0
+    );
+
+    // The same token is accepted from the header, the cookie and the query.
+    let t = token("Ada");
+    assert_eq!(
+        upgrade_status(&url, &[("authorization", &bearer(&t))]).await,
+        101
+    );
+    let cookie = format!("pulse_session={t}");
+    assert_eq!(upgrade_status(&url, &[("cookie", &cookie)]).await, 101);
+    assert_eq!(upgrade_status(&format!("{url}?token={t}"), &[]).await, 101);
+}
+
+#[tokio::test]
+async fn a_foreign_origin_gets_403_even_with_a_valid_cookie() {
+    let server = ws::start(&[]).await;
+    let url = ws_url(&server);
+    let cookie = format!("pulse_session={}", token("Ada"));
+    let foreign = [
+        ("cookie", cookie.as_str()),
+        ("origin", "http://evil.example"),
+    ];
+    assert_eq!(upgrade_status(&url, &foreign).await, 403);
+    let own = server.url.clone();
+    let same = [("cookie", cookie.as_str()), ("origin", own.as_str())];
+    assert_eq!(upgrade_status(&url, &same).await, 101);
+
+    let server = ws::start(&[("PULSE_ALLOWED_ORIGINS", "https://chat.example.com")]).await;
+    let url = ws_url(&server);
+    let listed = [
+        ("cookie", cookie.as_str()),
+        ("origin", "https://chat.example.com"),
+    ];
+    assert_eq!(upgrade_status(&url, &listed).await, 101);
+    let own = server.url.clone();
+    let unlisted = [("cookie", cookie.as_str()), ("origin", own.as_str())];
+    assert_eq!(upgrade_status(&url, &unlisted).await, 403);
+}
+
+#[tokio::test]
+async fn rooms_deliver_to_members_only_with_presence_and_history() {
+    let server = ws::start(&[]).await;
+    let mut ada = Client::connect(&server, "Ada").await;
+    let mut bob = Client::connect(&server, "Bob").await;
+    let mut eve = Client::connect(&server, "Eve").await;
+
+    let joined = ada.join("tech").await;
+    assert_eq!(joined["members"], json!(["Ada"]));
+    assert_eq!(joined["history"], json!([]));
+    let joined = bob.join("tech").await;
+    assert_eq!(joined["members"], json!(["Ada", "Bob"]));
+    let notice = ada.recv().await;
+    assert_eq!(notice["type"], "user-joined");
+    assert_eq!(notice["user"], "Bob");
+    assert_eq!(notice["room"], "tech");
+    eve.join("random").await;
+
+    // A spoofed `user` is ignored: the name comes from the token.
+    bob.send(json!({"type": "message", "room": "tech", "text": "  hello  ", "user": "Ada"}))
+        .await;
+    for client in [&mut ada, &mut bob] {
+        let m = client.recv().await;
+        assert_eq!(m["type"], "message");
+        assert_eq!(m["user"], "Bob");
+        assert_eq!(m["text"], "hello");
+        assert_eq!(m["room"], "tech");
+        assert!(m["id"].as_str().is_some_and(|id| !id.is_empty()));
+        assert!(m["timestamp"].as_u64().unwrap() > 0);
+    }
+    eve.assert_nothing_pending().await;
+
+    // History: the room's messages, oldest first, for whoever joins.
+    ada.say("tech", "second").await;
+    ada.recv_type("message").await;
+    let joined = eve.join("tech").await;
+    let texts: Vec<_> = joined["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["hello", "second"]);
+    assert_eq!(joined["members"], json!(["Ada", "Bob", "Eve"]));
+
+    // Leaving answers `left` and tells the others; so does disconnecting.
+    eve.send(json!({"type": "leave", "room": "tech"})).await;
+    assert_eq!(eve.recv().await, json!({"type": "left", "room": "tech"}));
+    for client in [&mut ada, &mut bob] {
+        let v = client.recv_type("user-left").await;
+        assert_eq!(v["user"], "Eve");
+    }
+    drop(bob);
+    let v = ada.recv_type("user-left").await;
+    assert_eq!(v["user"], "Bob");
+    assert_eq!(v["room"], "tech");
+}
+
+#[tokio::test]
+async fn bad_frames_get_clear_errors_and_the_connection_stays_usable() {
+    let server = ws::start(&[]).await;
+    let mut ada = Client::connect(&server, "Ada").await;
+    ada.join("general").await;
+
+    let expect = |code: &'static str| {
+        move |v: serde_json::Value| {
+            assert_eq!(v["type"], "error", "{v}");
+            assert_eq!(v["code"], code, "{v}");
+            assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    };
+    for raw in [
+        "{not json",
+        r#"{"type":"shout","room":"general"}"#,
+        r#"{"type":"message","room":"general"}"#,
+        r#"{"type":"message","room":"general","text":"   "}"#,
+    ] {
+        ada.send_raw(Message::text(raw)).await;
+        expect("invalid_message")(ada.recv().await);
+    }
+    ada.send_raw(Message::binary(vec![1, 2, 3])).await;
+    expect("invalid_message")(ada.recv().await);
+    ada.say("general", &"x".repeat(2001)).await;
+    expect("invalid_message")(ada.recv().await);
+    ada.say("general", &"é".repeat(2000)).await;
+    assert_eq!(
+        ada.recv().await["type"],
+        "message",
+        "2000 characters are fine"
+    );
+
+    ada.say("tech", "hi").await;
+    expect("not_in_room")(ada.recv().await);
+    ada.send(json!({"type": "leave", "room": "tech"})).await;
+    expect("not_in_room")(ada.recv().await);
+    ada.send(json!({"type": "join", "room": "Bad Name!"})).await;
+    expect("invalid_room")(ada.recv().await);
+    ada.send(json!({"type": "join", "room": "x".repeat(33)}))
+        .await;
+    expect("invalid_room")(ada.recv().await);
+
+    // Ten rooms per connection; the eleventh is refused.
+    for i in 1..10 {
+        ada.join(&format!("room-{i}")).await;
+    }
+    ada.send(json!({"type": "join", "room": "room-10"})).await;
+    expect("invalid_room")(ada.recv().await);
+
+    // Still usable after all that.
+    ada.say("general", "still here").await;
+    assert_eq!(ada.recv().await["text"], "still here");
+    assert_eq!(server.metric("pulse_invalid_messages_total").await, 6.0);
+
+    // A frame over 16 KiB closes the connection with 1009.
+    ada.send_raw(Message::text("x".repeat(16 * 1024 + 1))).await;
+    let frame = ada.closed().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1009);
+}
+
+#[tokio::test]
+async fn the_101st_message_in_a_minute_is_rate_limited_and_not_broadcast() {
+    let server = ws::start(&[]).await;
+    let mut ada = Client::connect(&server, "Ada").await;
+    let mut bob = Client::connect(&server, "Bob").await;
+    ada.join("general").await;
+    bob.join("general").await;
+    ada.recv_type("user-joined").await;
+
+    for i in 0..100 {
+        ada.say("general", &format!("m{i}")).await;
+        assert_eq!(ada.recv().await["text"], format!("m{i}"));
+    }
+    ada.say("general", "one too many").await;
+    let err = ada.recv().await;
+    assert_eq!(err["code"], "rate_limited", "{err}");
+    let wait = err["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!(wait > 0 && wait <= 60_000, "{wait}");
+
+    // Bob got the hundred and not the refused one.
+    for i in 0..100 {
+        assert_eq!(bob.recv().await["text"], format!("m{i}"));
+    }
+    bob.assert_nothing_pending().await;
+    assert_eq!(server.metric("pulse_rate_limited_total").await, 1.0);
+
+    // Once the limiter says so, sending works again.
+    tokio::time::sleep(std::time::Duration::from_millis(wait + 50)).await;
+    ada.say("general", "back").await;
+    assert_eq!(ada.recv().await["text"], "back");
+    assert_eq!(bob.recv().await["text"], "back");
+}
+
+#[tokio::test]
+async fn a_connection_closes_with_4001_when_its_token_expires() {
+    let server = ws::start(&[]).await;
+    let t = token_with(SECRET, "Ada", now() + 2);
+    let mut ada = Client::connect_token(&server, &t).await;
+    ada.join("general").await;
+    let frame = ada.closed().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 4001);
+    assert_eq!(frame.reason.as_str(), "token expired");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_the_others_keep_up() {
+    let server = ws::start(&[
+        ("PULSE_RATE_LIMIT_PER_MIN", "1000000"),
+        ("PULSE_WS_QUEUE", "32"),
+    ])
+    .await;
+    let mut stuck = Client::connect_small_buffer(&server, "Stuck").await;
+    stuck.join("general").await;
+    let mut reader = Client::connect(&server, "Reader").await;
+    reader.join("general").await;
+    let mut talker = Client::connect(&server, "Talker").await;
+    talker.join("general").await;
+    reader.recv_type("user-joined").await;
+
+    // Enough text to fill the stuck client's socket and queue many times over.
+    let text = "y".repeat(2000);
+    let sends = 2000;
+    let reading = tokio::spawn(async move {
+        let (mut messages, mut stuck_left) = (0, false);
+        while messages < sends {
+            let v = reader.recv().await;
+            match v["type"].as_str() {
+                Some("message") => messages += 1,
+                Some("user-left") => stuck_left |= v["user"] == "Stuck",
+                _ => panic!("unexpected {v}"),
+            }
+        }
+        (reader, stuck_left)
+    });
+    for _ in 0..sends {
+        talker.say("general", &text).await;
+        talker.recv_type("message").await;
+    }
+    let (mut reader, stuck_left) = reading.await.expect("the reader got every message");
+    server
+        .wait_metric("pulse_slow_clients_dropped_total", 1.0)
+        .await;
+    if !stuck_left {
+        let v = reader.recv_type("user-left").await;
+        assert_eq!(v["user"], "Stuck");
+    }
+    server
+        .wait_metric("pulse_open_connections{transport=\"ws\"}", 2.0)
+        .await;
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn peers_that_stop_answering_pings_are_closed() {
+    let server = ws::start(&[("PULSE_WS_PING_INTERVAL_S", "1")]).await;
+    let _silent = Client::connect(&server, "Silent").await; // never reads: no pongs
+    let mut alive = Client::connect(&server, "Alive").await;
+    alive.join("general").await;
+    // `alive` keeps reading (and so answering pings) while we wait.
+    tokio::select! {
+        _ = server.wait_metric("pulse_open_connections{transport=\"ws\"}", 1.0) => {}
+        v = alive.recv() => panic!("unexpected frame {v}"),
+    }
+    // The one that reads (and so answers pings) is still served.
+    alive.say("general", "still here").await;
+    assert_eq!(alive.recv_type("message").await["text"], "still here");
+}
+
+#[tokio::test]
+async fn rooms_are_capped_and_empty_ones_are_dropped() {
+    let server = ws::start(&[("PULSE_MAX_ROOMS", "4"), ("PULSE_ROOM_IDLE_S", "1")]).await;
+    let mut ada = Client::connect(&server, "Ada").await;
+    ada.join("extra").await;
+    ada.send(json!({"type": "join", "room": "one-more"})).await;
+    assert_eq!(ada.recv().await["code"], "invalid_room");
+    assert_eq!(server.metric("pulse_rooms").await, 4.0);
+    ada.send(json!({"type": "leave", "room": "extra"})).await;
+    assert_eq!(ada.recv().await["type"], "left");
+    // The empty room goes; the default rooms stay.
+    server.wait_metric("pulse_rooms", 3.0).await;
+    ada.join("one-more").await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_going_away() {
+    let server = ws::start(&[]).await;
+    let mut ada = Client::connect(&server, "Ada").await;
+    ada.join("general").await;
+    server.signal("TERM");
+    let frame = ada.closed().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1001);
+}
+
+#[tokio::test]
+async fn sign_in_sets_an_http_only_cookie_that_opens_a_socket() {
+    let server = ws::start(&[]).await;
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!("{}/api/sign_in", server.url))
+        .form(&[("name", "  Grace  ")])
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let cookie = res
+        .headers()
+        .get("set-cookie")
+        .expect("set-cookie")
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(cookie.starts_with("pulse_session="), "{cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Lax"), "{cookie}");
+    assert!(cookie.contains("Max-Age=3600"), "{cookie}");
+    let body: serde_json::Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    assert_eq!(body["user"], "Grace");
+
+    let pair = cookie.split(';').next().unwrap().to_string();
+    assert_eq!(
+        upgrade_status(&ws_url(&server), &[("cookie", &pair)]).await,
+        101
+    );
+
+    let res = http
+        .post(format!("{}/api/sign_in", server.url))
+        .form(&[("name", "   ")])
+        .send()
+        .await
+        .unwrap();
+    assert!(!res.status().is_success());
+    assert!(res.headers().get("set-cookie").is_none());
+
+    // `pulse token` mints tokens the server accepts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
+        .args(["token", "--sub", "script", "--ttl", "5m"])
+        .env("PULSE_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let minted = String::from_utf8(out.stdout).unwrap();
+    let bearer = format!("Bearer {}", minted.trim());
+    assert_eq!(
+        upgrade_status(&ws_url(&server), &[("authorization", &bearer)]).await,
+        101
+    );
+}

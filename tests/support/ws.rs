@@ -1,0 +1,191 @@
+//! A real WebSocket client (tokio-tungstenite) for the chat endpoint, and
+//! tokens signed with the test servers' secret.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::{Server, WAIT};
+
+/// The secret every chat test server is started with.
+pub const SECRET: &str = "a test secret that is long enough for HS256";
+
+/// Starts a server for chat tests: the known secret plus `env`.
+pub async fn start(env: &[(&str, &str)]) -> Server {
+    let mut all = vec![("PULSE_JWT_SECRET", SECRET)];
+    all.extend_from_slice(env);
+    Server::start(&all).await
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token for `sub` with the given `exp`, signed with `secret`.
+pub fn token_with(secret: &str, sub: &str, exp: u64) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": sub, "exp": exp, "iat": now() }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A valid token for `sub`, for an hour.
+pub fn token(sub: &str) -> String {
+    token_with(SECRET, sub, now() + 3600)
+}
+
+/// `ws://` URL of the server's chat endpoint.
+pub fn ws_url(server: &Server) -> String {
+    format!("{}/ws", server.url.replacen("http://", "ws://", 1))
+}
+
+/// Tries an upgrade with these headers; the HTTP status of the answer
+/// (101 when it upgraded).
+pub async fn upgrade_status(url: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_, res)) => res.status().as_u16(),
+        Err(tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Err(e) => panic!("upgrade failed without an HTTP answer: {e}"),
+    }
+}
+
+/// One chat connection.
+pub struct Client {
+    /// The socket.
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Connects as `user` with a Bearer token.
+    pub async fn connect(server: &Server, user: &str) -> Client {
+        Self::connect_token(server, &token(user)).await
+    }
+
+    /// Connects with a Bearer token.
+    pub async fn connect_token(server: &Server, token: &str) -> Client {
+        let mut req = ws_url(server).into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("upgrade");
+        Client { ws }
+    }
+
+    /// Connects as `user` over a socket with a tiny receive buffer, so that a
+    /// client that stops reading backs up the server quickly.
+    pub async fn connect_small_buffer(server: &Server, user: &str) -> Client {
+        let addr = server.url.trim_start_matches("http://").parse().unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let mut req = ws_url(server).into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", token(user)).parse().unwrap(),
+        );
+        let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("upgrade");
+        Client { ws }
+    }
+
+    /// Sends a JSON frame.
+    pub async fn send(&mut self, value: Value) {
+        self.ws
+            .send(Message::text(value.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a raw frame.
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.expect("send");
+    }
+
+    /// The next JSON frame from the server.
+    pub async fn recv(&mut self) -> Value {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("expected a text frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("no frame from the server")
+    }
+
+    /// The next frame of type `ty`, skipping others (notices, say).
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+
+    /// Joins `room` and returns the `joined` answer.
+    pub async fn join(&mut self, room: &str) -> Value {
+        self.send(json!({ "type": "join", "room": room })).await;
+        let v = self.recv_type("joined").await;
+        assert_eq!(v["room"], room);
+        v
+    }
+
+    /// Says `text` in `room`.
+    pub async fn say(&mut self, room: &str, text: &str) {
+        self.send(json!({ "type": "message", "room": room, "text": text }))
+            .await;
+    }
+
+    /// Waits until the server closes the connection; its close frame, if any.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Close(frame))) => return frame,
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        })
+        .await
+        .expect("the server did not close the connection")
+    }
+
+    /// Asserts that nothing was queued for this client before now: it sends a
+    /// probe (a leave for a room it is not in) and the very next frame must be
+    /// the answer to it. Anything broadcast earlier would have come first.
+    pub async fn assert_nothing_pending(&mut self) {
+        self.send(json!({ "type": "leave", "room": "zz-probe" }))
+            .await;
+        let v = self.recv().await;
+        assert_eq!(
+            v["code"], "not_in_room",
+            "unexpected frame before the probe: {v}"
+        );
+    }
+}
