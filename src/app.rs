@@ -5,7 +5,9 @@ use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes, A};
 use leptos_router::path;
 
+use crate::pages::chat::ChatPage;
 use crate::pages::feed::FeedPage;
+use crate::pages::rooms::RoomsPage;
 
 /// The HTML document around the app, rendered on the server.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -40,11 +42,15 @@ pub fn App() -> impl IntoView {
                 <a class="brand" href="/">"pulse"</a>
                 <nav aria-label="Main">
                     <A href="/" exact=true>"Feed"</A>
+                    <A href="/chat">"Chat"</A>
+                    <A href="/rooms">"Rooms"</A>
                 </nav>
             </header>
             <main>
                 <Routes fallback=NotFound>
                     <Route path=path!("/") view=FeedPage/>
+                    <Route path=path!("/chat") view=ChatPage/>
+                    <Route path=path!("/rooms") view=RoomsPage/>
                 </Routes>
             </main>
         </Router>

@@ -19,9 +19,11 @@
 //! - [`hydrate`] below: the client's entry point.
 
 pub mod app;
+pub mod chat;
 pub mod pages;
 pub mod protocol;
 pub mod session;
+pub mod time;
 
 #[cfg(feature = "ssr")]
 pub mod server;

@@ -7,6 +7,7 @@
 use leptos::prelude::*;
 
 use crate::protocol::{FeedEvent, FeedItem};
+use crate::time::format_time;
 
 /// Events shown at once.
 pub const ROWS: usize = 10;
@@ -217,28 +218,6 @@ fn event_kind(event: &FeedEvent) -> &'static str {
         FeedEvent::Update { .. } => "update",
         FeedEvent::Gap => "gap",
     }
-}
-
-/// `HH:MM:SS`, in the browser's time zone once `local`, in UTC before.
-fn format_time(ms: u64, local: bool) -> String {
-    #[cfg(feature = "hydrate")]
-    if local {
-        let d = js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ms as f64));
-        return format!(
-            "{:02}:{:02}:{:02}",
-            d.get_hours(),
-            d.get_minutes(),
-            d.get_seconds()
-        );
-    }
-    let _ = local;
-    let secs = ms / 1000;
-    format!(
-        "{:02}:{:02}:{:02} UTC",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60
-    )
 }
 
 /// The browser side of the feed: an EventSource that keeps itself connected.

@@ -1,3 +1,5 @@
 //! One component per page.
 
+pub mod chat;
 pub mod feed;
+pub mod rooms;

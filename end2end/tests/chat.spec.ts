@@ -1,0 +1,149 @@
+import { test, expect, Page, BrowserContext } from '@playwright/test';
+import { PulseServer } from './server';
+
+// A fixed secret, so that sessions survive the restarts below.
+const ENV = { PULSE_JWT_SECRET: 'an end-to-end secret that is long enough!' };
+
+let server: PulseServer;
+
+test.beforeEach(async () => {
+  server = await PulseServer.start(ENV);
+});
+
+test.afterEach(async () => {
+  await server.dispose();
+});
+
+const status = (page: Page) => page.getByTestId('chat-status');
+const messages = (page: Page) => page.locator('[data-testid=messages] li.msg');
+const input = (page: Page) => page.getByTestId('chat-input');
+const send = (page: Page) => page.getByTestId('chat-send');
+
+/** Opens `path` and signs in as `name` (or the suggested name). */
+async function signIn(page: Page, path: string, name?: string): Promise<string> {
+  await page.goto(server.url + path);
+  const field = page.getByTestId('sign-in-name');
+  await expect(field).toHaveValue(/^User\d{3}$/);
+  if (name) await field.fill(name);
+  const chosen = await field.inputValue();
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page.getByTestId('whoami')).toHaveText(chosen);
+  await expect(status(page)).toHaveText('Connected');
+  return chosen;
+}
+
+async function say(page: Page, text: string) {
+  await input(page).fill(text);
+  await input(page).press('Enter');
+  await expect(input(page)).toHaveValue('');
+}
+
+test('chat: sign in, send with Enter, see user, text and local time', async ({ page }) => {
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  const me = await signIn(page, '/chat');
+  await say(page, 'hello, pulse');
+  const last = messages(page).last();
+  await expect(last.locator('.msg-user')).toHaveText(me);
+  await expect(last.locator('.msg-text')).toHaveText('hello, pulse');
+  await expect(last.locator('time')).toHaveText(/^\d{2}:\d{2}:\d{2}$/);
+  // The cookie is HttpOnly: scripts cannot read the token.
+  expect(await page.evaluate(() => document.cookie)).not.toContain('pulse_session');
+  // A reload keeps the session.
+  await page.reload();
+  await expect(status(page)).toHaveText('Connected');
+  await expect(messages(page).last().locator('.msg-text')).toHaveText('hello, pulse');
+  expect(errors).toEqual([]);
+});
+
+test('chat: message text is shown as text, never as HTML', async ({ page }) => {
+  await signIn(page, '/chat');
+  const evil = '<img src=x onerror="window.pwned=1"><b>bold</b>';
+  await say(page, evil);
+  await expect(messages(page).last().locator('.msg-text')).toHaveText(evil);
+  expect(await page.locator('[data-testid=messages] img, [data-testid=messages] b').count()).toBe(0);
+  expect(await page.evaluate(() => (window as any).pwned)).toBeUndefined();
+});
+
+test('chat: input disabled while disconnected; reconnects by itself and fills the gap without duplicates', async ({ browser }) => {
+  const alice = await (await browser.newContext()).newPage();
+  const bob = await (await browser.newContext()).newPage();
+  await signIn(alice, '/chat', 'Alice');
+  await signIn(bob, '/chat', 'Bob');
+  await say(alice, 'before the restart');
+  await expect(messages(bob).last().locator('.msg-text')).toHaveText('before the restart');
+
+  await server.stop();
+  await expect(status(bob)).toHaveText(/^(Reconnecting in \d+ s|Connecting…)$/);
+  await expect(input(bob)).toBeDisabled();
+  await expect(send(bob)).toBeDisabled();
+
+  await server.launch();
+  await expect(status(alice)).toHaveText('Connected', { timeout: 20_000 });
+  await expect(status(bob)).toHaveText('Connected', { timeout: 20_000 });
+  await expect(input(bob)).toBeEnabled();
+  await say(alice, 'after the restart');
+  await expect(messages(bob).last().locator('.msg-text')).toHaveText('after the restart');
+  // Rejoining fetched the history again; nothing shows twice.
+  const texts = await messages(alice).locator('.msg-text').allTextContents();
+  expect(new Set(texts).size).toBe(texts.length);
+});
+
+test('chat: stays connected across a session renewal', async ({ page }) => {
+  test.setTimeout(90_000);
+  await server.stop();
+  await server.dispose();
+  server = await PulseServer.start({ ...ENV, PULSE_SESSION_TTL_S: '60' });
+  await signIn(page, '/chat');
+  // With a 60 s session the client renews half-way through, then reconnects
+  // with the new cookie well before the old token's expiry closes it.
+  const renewed = page.waitForResponse((r) => r.url().includes('/api/renew_session') && r.ok(), { timeout: 45_000 });
+  await renewed;
+  await expect(status(page)).toHaveText('Connected');
+  await say(page, 'still here');
+  await expect(messages(page).last().locator('.msg-text')).toHaveText('still here');
+});
+
+test('rooms: presence, notices, switching, history and creating a room', async ({ browser }) => {
+  const contexts: BrowserContext[] = [await browser.newContext(), await browser.newContext()];
+  const ada = await contexts[0].newPage();
+  const bob = await contexts[1].newPage();
+  await signIn(ada, '/rooms', 'Ada');
+  await expect(ada.getByTestId('current-room')).toHaveText('#general');
+  await expect(ada.getByTestId('members')).toContainText('Ada');
+
+  await signIn(bob, '/rooms', 'Bob');
+  await expect(ada.getByTestId('members').locator('li')).toHaveText(['Ada', 'Bob']);
+  await expect(ada.locator('li.notice').last()).toContainText('Bob joined');
+
+  // Ada talks in #tech; Bob joins it later and gets the history.
+  await ada.getByRole('button', { name: '#tech' }).click();
+  await expect(ada.getByTestId('current-room')).toHaveText('#tech');
+  await expect(bob.getByTestId('members').locator('li')).toHaveText(['Bob']);
+  await expect(bob.locator('li.notice').last()).toContainText('Ada left');
+  await say(ada, 'tech talk');
+  await bob.getByRole('button', { name: '#tech' }).click();
+  await expect(messages(bob).locator('.msg-text')).toHaveText(['tech talk']);
+  await expect(bob.getByTestId('members').locator('li')).toHaveText(['Ada', 'Bob']);
+  await expect(ada.locator('li.notice').last()).toContainText('Bob joined');
+
+  // A new room, created by joining it.
+  await ada.getByTestId('new-room').fill('side-project');
+  await ada.getByTestId('new-room').press('Enter');
+  await expect(ada.getByTestId('current-room')).toHaveText('#side-project');
+  await expect(ada.getByRole('button', { name: '#side-project' })).toBeVisible();
+  await expect(ada.getByTestId('members').locator('li')).toHaveText(['Ada']);
+  await ada.getByTestId('new-room').fill('Not Valid!');
+  await ada.getByTestId('new-room').press('Enter');
+  await expect(ada.getByRole('alert').first()).toContainText('Room names');
+  for (const c of contexts) await c.close();
+});
+
+test('chat pages work at 360 px wide', async ({ page }) => {
+  await page.setViewportSize({ width: 360, height: 740 });
+  await signIn(page, '/rooms');
+  await say(page, 'narrow');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  expect(overflow).toBeLessThanOrEqual(0);
+  await expect(status(page)).toHaveText('Connected');
+});

@@ -1,0 +1,471 @@
+//! The chat client shared by the Chat and Rooms pages: the state the pages
+//! render ([`ChatState`]), the sign-in gate, and the parts of a chat view
+//! (status, message list, composer). The WebSocket itself is in `socket`
+//! (browser only).
+
+#[cfg(feature = "hydrate")]
+mod socket;
+
+use std::collections::BTreeMap;
+
+use leptos::prelude::*;
+
+use crate::protocol::{ChatMessage, ServerMessage, MAX_NAME_CHARS, MAX_TEXT_CHARS};
+use crate::session::{current_session, sign_out, Session, SignIn as SignInFn};
+use crate::time::format_time;
+
+/// Most entries kept per room on screen.
+const MAX_ENTRIES: usize = 200;
+
+/// The connection as the user sees it; told by text, colour only adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnStatus {
+    /// Opening a socket.
+    Connecting,
+    /// Open: sending is possible.
+    Connected,
+    /// Waiting this many seconds before the next attempt.
+    Reconnecting(u32),
+    /// Not connected and not trying (signed out, or the session ended).
+    Disconnected,
+}
+
+impl ConnStatus {
+    /// Text of the indicator.
+    pub fn label(self) -> String {
+        match self {
+            ConnStatus::Connecting => "Connecting…".into(),
+            ConnStatus::Connected => "Connected".into(),
+            ConnStatus::Reconnecting(s) => format!("Reconnecting in {s} s"),
+            ConnStatus::Disconnected => "Disconnected".into(),
+        }
+    }
+
+    fn class(self) -> &'static str {
+        match self {
+            ConnStatus::Connected => "badge badge-live",
+            ConnStatus::Connecting => "badge badge-connecting",
+            ConnStatus::Reconnecting(_) => "badge badge-reconnecting",
+            ConnStatus::Disconnected => "badge badge-offline",
+        }
+    }
+}
+
+/// One line of a room's stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// Unique key: the message id, or a local one for notices.
+    pub key: String,
+    /// Server time, ms since the epoch.
+    pub timestamp: u64,
+    /// What it is.
+    pub kind: EntryKind,
+}
+
+/// A message or a notice.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EntryKind {
+    /// Someone said something.
+    Message {
+        /// Author.
+        user: String,
+        /// Text (always rendered as text).
+        text: String,
+    },
+    /// Someone joined or left.
+    Notice(String),
+}
+
+/// What the client knows of one joined room.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoomView {
+    /// Members, sorted.
+    pub members: Vec<String>,
+    /// Messages and notices, oldest first.
+    pub entries: Vec<Entry>,
+}
+
+impl RoomView {
+    fn add_message(&mut self, m: ChatMessage) {
+        if self.entries.iter().any(|e| e.key == m.id) {
+            return; // already shown (history after a rejoin)
+        }
+        let entry = Entry {
+            key: m.id,
+            timestamp: m.timestamp,
+            kind: EntryKind::Message {
+                user: m.user,
+                text: m.text,
+            },
+        };
+        // Keep time order: history may fill in before newer entries.
+        let at = self
+            .entries
+            .iter()
+            .rposition(|e| e.timestamp <= entry.timestamp)
+            .map_or(0, |i| i + 1);
+        self.entries.insert(at, entry);
+        self.trim();
+    }
+
+    fn add_notice(&mut self, key: u64, timestamp: u64, text: String) {
+        self.entries.push(Entry {
+            key: format!("notice-{key}"),
+            timestamp,
+            kind: EntryKind::Notice(text),
+        });
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        let excess = self.entries.len().saturating_sub(MAX_ENTRIES);
+        self.entries.drain(..excess);
+    }
+}
+
+/// Everything the chat pages render, as signals.
+#[derive(Clone, Copy)]
+pub struct ChatState {
+    /// The connection indicator.
+    pub status: RwSignal<ConnStatus>,
+    /// The signed-in user; `None` shows the sign-in form.
+    pub session: RwSignal<Option<Session>>,
+    /// Joined rooms by name.
+    pub rooms: RwSignal<BTreeMap<String, RoomView>>,
+    /// The last error the server reported, shown until the next action.
+    pub error: RwSignal<Option<String>>,
+    /// Keys for notices.
+    next_notice: StoredValue<u64>,
+}
+
+impl ChatState {
+    fn new(session: Option<Session>) -> Self {
+        ChatState {
+            status: RwSignal::new(ConnStatus::Connecting),
+            session: RwSignal::new(session),
+            rooms: RwSignal::new(BTreeMap::new()),
+            error: RwSignal::new(None),
+            next_notice: StoredValue::new(0),
+        }
+    }
+
+    /// Applies one frame from the server.
+    pub fn apply(&self, msg: ServerMessage) {
+        match msg {
+            ServerMessage::Joined {
+                room,
+                members,
+                history,
+            } => self.rooms.update(|rooms| {
+                let view = rooms.entry(room).or_default();
+                view.members = members;
+                for m in history {
+                    view.add_message(m);
+                }
+            }),
+            ServerMessage::UserJoined {
+                room,
+                user,
+                timestamp,
+            } => self.notice(&room, timestamp, format!("{user} joined"), |m| {
+                if let Err(at) = m.binary_search(&user) {
+                    m.insert(at, user.clone());
+                }
+            }),
+            ServerMessage::UserLeft {
+                room,
+                user,
+                timestamp,
+            } => self.notice(&room, timestamp, format!("{user} left"), |m| {
+                m.retain(|u| *u != user)
+            }),
+            ServerMessage::Message(m) => self.rooms.update(|rooms| {
+                if let Some(view) = rooms.get_mut(&m.room) {
+                    view.add_message(m);
+                }
+            }),
+            ServerMessage::Left { room } => self.rooms.update(|rooms| {
+                rooms.remove(&room);
+            }),
+            ServerMessage::Error { message, .. } => self.error.set(Some(message)),
+        }
+    }
+
+    fn notice(
+        &self,
+        room: &str,
+        timestamp: u64,
+        text: String,
+        members: impl FnOnce(&mut Vec<String>),
+    ) {
+        let key = self.next_notice.get_value();
+        self.next_notice.set_value(key + 1);
+        self.rooms.update(|rooms| {
+            if let Some(view) = rooms.get_mut(room) {
+                members(&mut view.members);
+                view.add_notice(key, timestamp, text);
+            }
+        });
+    }
+}
+
+/// Sends to the server through the page's socket (a no-op while rendering on
+/// the server, where there is none).
+#[derive(Clone, Copy)]
+pub struct Connection {
+    #[cfg(feature = "hydrate")]
+    socket: StoredValue<Option<socket::Socket>, LocalStorage>,
+}
+
+impl Connection {
+    /// Joins `room` (and rejoins it after reconnects).
+    pub fn join(&self, room: &str) {
+        #[cfg(feature = "hydrate")]
+        self.socket.with_value(|s| {
+            if let Some(s) = s {
+                s.join(room)
+            }
+        });
+        #[cfg(not(feature = "hydrate"))]
+        let _ = room;
+    }
+
+    /// Leaves `room`.
+    pub fn leave(&self, room: &str) {
+        #[cfg(feature = "hydrate")]
+        self.socket.with_value(|s| {
+            if let Some(s) = s {
+                s.leave(room)
+            }
+        });
+        #[cfg(not(feature = "hydrate"))]
+        let _ = room;
+    }
+
+    /// Says `text` in `room`; false if not connected.
+    pub fn say(&self, room: &str, text: &str) -> bool {
+        #[cfg(feature = "hydrate")]
+        return self
+            .socket
+            .with_value(|s| s.as_ref().is_some_and(|s| s.say(room, text)));
+        #[cfg(not(feature = "hydrate"))]
+        {
+            let _ = (room, text);
+            false
+        }
+    }
+}
+
+/// Loads the session, shows the sign-in form without one, and otherwise the
+/// chat view `children` builds, with a live connection.
+#[component]
+pub fn ChatGate(
+    /// Builds the view once signed in.
+    body: fn(ChatState, Connection) -> AnyView,
+) -> impl IntoView {
+    let info = Resource::new(|| (), |_| current_session());
+    view! {
+        <Suspense fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match info.await {
+                    Ok(info) => {
+                        let state = ChatState::new(info.session.clone());
+                        let suggested = info.suggested_name;
+                        view! {
+                            <Show
+                                when=move || state.session.with(Option::is_some)
+                                fallback=move || view! { <SignIn state suggested=suggested.clone()/> }
+                            >
+                                <Connected state body/>
+                            </Show>
+                        }
+                            .into_any()
+                    }
+                    Err(e) => view! {
+                        <p class="error" role="alert">{format!("Cannot reach the server: {e}")}</p>
+                    }
+                        .into_any(),
+                }
+            })}
+        </Suspense>
+    }
+}
+
+/// Opens the socket for the signed-in user (in the browser) and closes it when
+/// the view goes away.
+#[component]
+fn Connected(state: ChatState, body: fn(ChatState, Connection) -> AnyView) -> impl IntoView {
+    let conn = Connection {
+        #[cfg(feature = "hydrate")]
+        socket: StoredValue::new_local(None),
+    };
+    #[cfg(feature = "hydrate")]
+    {
+        let expires_at = state
+            .session
+            .with_untracked(|s| s.as_ref().map_or(0, |s| s.expires_at));
+        state.status.set(ConnStatus::Connecting);
+        conn.socket
+            .set_value(Some(socket::Socket::open(state, expires_at)));
+        on_cleanup(move || {
+            conn.socket.update_value(|s| {
+                if let Some(s) = s.take() {
+                    s.close();
+                }
+            })
+        });
+    }
+    let on_sign_out = move |_| {
+        leptos::task::spawn_local(async move {
+            let _ = sign_out().await;
+            state.status.set(ConnStatus::Disconnected);
+            state.session.set(None);
+        });
+    };
+    view! {
+        <div class="chat-head">
+            <StatusIndicator status=state.status/>
+            <span class="whoami">
+                "Signed in as "
+                <strong data-testid="whoami">
+                    {move || state.session.with(|s| s.as_ref().map(|s| s.user.clone()))}
+                </strong>
+            </span>
+            <button type="button" class="link" on:click=on_sign_out>"Sign out"</button>
+        </div>
+        <p class="error" role="alert" data-testid="chat-error">
+            {move || state.error.get()}
+        </p>
+        {body(state, conn)}
+    }
+}
+
+/// The guest sign-in form.
+#[component]
+fn SignIn(state: ChatState, suggested: String) -> impl IntoView {
+    let action = ServerAction::<SignInFn>::new();
+    let name = RwSignal::new(suggested);
+    Effect::new(move |_| {
+        if let Some(Ok(session)) = action.value().get() {
+            state.error.set(None);
+            state.session.set(Some(session));
+        }
+    });
+    let error = move || match action.value().get() {
+        Some(Err(e)) => Some(e.to_string()),
+        _ => None,
+    };
+    view! {
+        <ActionForm action attr:class="sign-in">
+            <label for="sign-in-name">"Your display name"</label>
+            <div class="row">
+                <input
+                    id="sign-in-name"
+                    name="name"
+                    data-testid="sign-in-name"
+                    required
+                    maxlength=MAX_NAME_CHARS
+                    autocomplete="nickname"
+                    prop:value=move || name.get()
+                    on:input=move |ev| name.set(event_target_value(&ev))
+                />
+                <button type="submit" disabled=move || action.pending().get()>"Sign in"</button>
+            </div>
+            <p class="error" role="alert">{error}</p>
+        </ActionForm>
+    }
+}
+
+/// The connection indicator.
+#[component]
+pub fn StatusIndicator(status: RwSignal<ConnStatus>) -> impl IntoView {
+    view! {
+        <p class=move || status.get().class() role="status" aria-live="polite" data-testid="chat-status">
+            {move || status.get().label()}
+        </p>
+    }
+}
+
+/// A room's messages and notices, keeping the newest in view.
+#[component]
+pub fn MessageList(state: ChatState, #[prop(into)] room: Signal<String>) -> impl IntoView {
+    let list = NodeRef::<leptos::html::Ol>::new();
+    let entries = move || {
+        state
+            .rooms
+            .with(|rooms| rooms.get(&room.get()).map(|r| r.entries.clone()))
+            .unwrap_or_default()
+    };
+    Effect::new(move |_| {
+        state.rooms.track();
+        if let Some(el) = list.get() {
+            el.set_scroll_top(el.scroll_height());
+        }
+    });
+    view! {
+        <ol class="messages" data-testid="messages" node_ref=list aria-live="polite">
+            <For
+                each=entries
+                key=|e| e.key.clone()
+                children=move |e| {
+                    let time = format_time(e.timestamp, true);
+                    match e.kind {
+                        EntryKind::Message { user, text } => view! {
+                            <li class="msg">
+                                <span class="msg-user">{user}</span>
+                                <time class="msg-time">{time}</time>
+                                <span class="msg-text">{text}</span>
+                            </li>
+                        }
+                            .into_any(),
+                        EntryKind::Notice(text) => view! {
+                            <li class="notice">
+                                <span class="notice-text">{text}</span>
+                                <time class="msg-time">{time}</time>
+                            </li>
+                        }
+                            .into_any(),
+                    }
+                }
+            />
+        </ol>
+    }
+}
+
+/// The message input and Send button, disabled while disconnected; Enter sends.
+#[component]
+pub fn Composer(
+    state: ChatState,
+    conn: Connection,
+    #[prop(into)] room: Signal<String>,
+) -> impl IntoView {
+    let text = RwSignal::new(String::new());
+    let offline = move || state.status.get() != ConnStatus::Connected;
+    let on_submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let value = text.get_untracked();
+        if value.trim().is_empty() {
+            return;
+        }
+        state.error.set(None);
+        if conn.say(&room.get_untracked(), &value) {
+            text.set(String::new());
+        }
+    };
+    view! {
+        <form class="composer" on:submit=on_submit>
+            <label class="visually-hidden" for="composer-text">"Message"</label>
+            <input
+                id="composer-text"
+                data-testid="chat-input"
+                placeholder="Type a message…"
+                autocomplete="off"
+                maxlength=MAX_TEXT_CHARS
+                disabled=offline
+                prop:value=move || text.get()
+                on:input=move |ev| text.set(event_target_value(&ev))
+            />
+            <button type="submit" data-testid="chat-send" disabled=offline>"Send"</button>
+        </form>
+    }
+}

@@ -1,0 +1,33 @@
+//! Page `/chat`: the `general` room, as in the tutorial: messages with user,
+//! text and local time, an input that sends on Enter, and the connection
+//! status.
+
+use leptos::prelude::*;
+
+use crate::chat::{ChatGate, ChatState, Composer, Connection, MessageList};
+
+/// The room this page talks in.
+const ROOM: &str = "general";
+
+/// The Chat page.
+#[component]
+pub fn ChatPage() -> impl IntoView {
+    view! {
+        <section class="page chat-page">
+            <h1>"Chat"</h1>
+            <ChatGate body=general/>
+        </section>
+    }
+}
+
+fn general(state: ChatState, conn: Connection) -> AnyView {
+    conn.join(ROOM);
+    let room = Signal::derive(|| ROOM.to_string());
+    view! {
+        <div class="chat">
+            <MessageList state room/>
+            <Composer state conn room/>
+        </div>
+    }
+    .into_any()
+}
