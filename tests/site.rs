@@ -45,7 +45,7 @@ async fn assets_are_embedded_precompressed_and_revalidated() {
     };
 
     for (path, mime) in [
-        ("/pkg/pulse_bg.wasm", "application/wasm"),
+        ("/pkg/pulse.wasm", "application/wasm"),
         ("/pkg/pulse.js", "text/javascript"),
         ("/pkg/pulse.css", "text/css"),
         ("/favicon.svg", "image/svg+xml"),

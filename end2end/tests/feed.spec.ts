@@ -60,10 +60,13 @@ test('events stream in after hydration: at most 10 rows, 3 decimals, badge Live'
 });
 
 test('the badge leaves Live when the server stops, and the feed resumes from the last id after a restart', async ({ page }) => {
+  // Where each feed request asked to resume from: the Last-Event-ID header the
+  // browser adds on its own reconnects (only `allHeaders()` shows it), else
+  // the query our client sets on a fresh EventSource.
   const resumedFrom: string[] = [];
-  page.on('request', (req) => {
+  page.on('request', async (req) => {
     if (req.url().includes('/api/events')) {
-      const header = req.headers()['last-event-id'];
+      const header = (await req.allHeaders())['last-event-id'];
       const query = new URL(req.url()).searchParams.get('lastEventId');
       resumedFrom.push(header ?? query ?? '');
     }
@@ -80,8 +83,9 @@ test('the badge leaves Live when the server stops, and the feed resumes from the
 
   await server.launch();
   await expect(badge(page)).toHaveText('Live', { timeout: 20_000 });
-  // The reconnection said where the page had got to…
-  expect(resumedFrom.slice(requestsBefore)).toContain(String(lastSeen));
+  // The reconnection said where the page had got to (request events reach the
+  // test asynchronously, so wait for it)…
+  await expect.poll(() => resumedFrom.slice(requestsBefore)).toContain(String(lastSeen));
   // …and new events follow it (the restarted server's backlog cannot hold the
   // old events, so a gap notice may come first).
   await expect.poll(() => newestId(page)).toBeGreaterThan(lastSeen);
