@@ -6,6 +6,7 @@ use leptos_router::components::{Route, Router, Routes, A};
 use leptos_router::path;
 
 use crate::pages::chat::ChatPage;
+use crate::pages::dashboard::DashboardPage;
 use crate::pages::feed::FeedPage;
 use crate::pages::rooms::RoomsPage;
 
@@ -44,6 +45,7 @@ pub fn App() -> impl IntoView {
                     <A href="/" exact=true>"Feed"</A>
                     <A href="/chat">"Chat"</A>
                     <A href="/rooms">"Rooms"</A>
+                    <A href="/dashboard">"Dashboard"</A>
                 </nav>
             </header>
             <main>
@@ -51,6 +53,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/") view=FeedPage/>
                     <Route path=path!("/chat") view=ChatPage/>
                     <Route path=path!("/rooms") view=RoomsPage/>
+                    <Route path=path!("/dashboard") view=DashboardPage/>
                 </Routes>
             </main>
         </Router>

@@ -392,3 +392,103 @@ async fn sign_in_sets_an_http_only_cookie_that_opens_a_socket() {
         101
     );
 }
+
+#[tokio::test]
+async fn notifications_need_a_token_are_validated_and_reach_every_feed() {
+    let server = ws::start(&[("PULSE_RATE_LIMIT_PER_MIN", "3")]).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/notifications", server.url);
+    let post = |token: Option<String>, body: &'static str| {
+        let mut req = http
+            .post(&url)
+            .body(body)
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.send()
+    };
+    assert_eq!(post(None, r#"{"text":"hi"}"#).await.unwrap().status(), 401);
+    let expired = token_with(SECRET, "Ada", now() - 5);
+    assert_eq!(
+        post(Some(expired), r#"{"text":"hi"}"#)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    for bad in [r#"{"text":"   "}"#, "not json", r#"{"txt":"hi"}"#] {
+        let res = post(Some(token("Ada")), bad).await.unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+        let body: serde_json::Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+        assert_eq!(body["code"], "invalid_message");
+    }
+
+    let mut feed = support::Sse::open(&server.url, None).await;
+    assert_eq!(feed.next_event().await.kind(), Some("connected"));
+    let res = post(
+        Some(token("Ada")),
+        r#"{"text":"  deploy at 5  ","user":"Mallory"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 202);
+    let note = loop {
+        let frame = feed.next_event().await;
+        if frame.kind() == Some("notification") {
+            break frame;
+        }
+    };
+    let json = note.data.clone().unwrap();
+    assert_eq!(json["user"], "Ada");
+    assert_eq!(json["text"], "deploy at 5");
+    assert!(json["id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(note.id.is_some(), "notifications are numbered like updates");
+
+    // Same per-user limit as chat: 3 a minute here.
+    for _ in 0..2 {
+        assert_eq!(
+            post(Some(token("Ada")), r#"{"text":"x"}"#)
+                .await
+                .unwrap()
+                .status(),
+            202
+        );
+    }
+    let res = post(Some(token("Ada")), r#"{"text":"x"}"#).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().get("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn readyz_healthz_and_the_dashboard_stream() {
+    let server = ws::start(&[]).await;
+    let get = |path: &str| reqwest::get(format!("{}{path}", server.url));
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    let ready = get("/readyz").await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.text().await.unwrap(), "ready");
+
+    let mut ada = Client::connect(&server, "Ada").await;
+    ada.join("general").await;
+    let mut stats = support::Sse::open_path(&server.url, "/api/stats", None).await;
+    // The dashboard sees the socket (and its own stream) from the same
+    // counters as /metrics.
+    tokio::time::timeout(support::WAIT, async {
+        loop {
+            let s = stats.next_event().await.data.unwrap();
+            assert_eq!(s["broker"], "in-process");
+            if s["ws"] == 1 && s["sse"] == 1 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the stats stream shows one socket and one stream");
+    assert_eq!(
+        server
+            .metric("pulse_open_connections{transport=\"ws\"}")
+            .await,
+        1.0
+    );
+}

@@ -6,11 +6,13 @@
 
 use leptos::prelude::*;
 
-use crate::protocol::{FeedEvent, FeedItem};
+use crate::protocol::{FeedEvent, FeedItem, MAX_TEXT_CHARS};
 use crate::time::format_time;
 
 /// Events shown at once.
 pub const ROWS: usize = 10;
+/// Notifications shown at once.
+const NOTES: usize = 5;
 /// Values drawn in the sparkline.
 const SPARK_POINTS: usize = 30;
 
@@ -53,7 +55,23 @@ impl Status {
 pub async fn recent_events() -> Result<Vec<FeedItem>, ServerFnError> {
     let feed = use_context::<std::sync::Arc<crate::server::feed::Feed>>()
         .ok_or_else(|| ServerFnError::new("the feed is not available"))?;
-    Ok(feed.recent(ROWS))
+    Ok(feed.recent(ROWS + NOTES))
+}
+
+/// Publishes `text` as a notification to the feed of every instance, as the
+/// signed-in user (same validation and rate limit as chat messages).
+#[server(endpoint = "publish_notification")]
+pub async fn publish_notification(text: String) -> Result<(), ServerFnError> {
+    use crate::server::notify;
+    let headers = use_context::<axum::http::request::Parts>()
+        .map(|p| p.headers)
+        .unwrap_or_default();
+    let service = use_context::<std::sync::Arc<notify::Notifier>>()
+        .ok_or_else(|| ServerFnError::new("notifications are not available"))?;
+    service
+        .publish_from_session(&headers, &text)
+        .map(|_| ())
+        .map_err(|e| ServerFnError::new(e.message()))
 }
 
 /// One line of the event list.
@@ -104,11 +122,21 @@ fn LiveFeed(initial: Vec<FeedItem>) -> impl IntoView {
             })
             .collect::<Vec<_>>(),
     );
+    let notes = RwSignal::new(
+        initial
+            .iter()
+            .rev()
+            .filter_map(|item| Note::from_event(&item.event))
+            .take(NOTES)
+            .collect::<Vec<_>>(),
+    );
     let mut key = 0;
     let rows = RwSignal::new(
         initial
             .iter()
             .rev()
+            .filter(|item| !matches!(item.event, FeedEvent::Notification { .. }))
+            .take(ROWS)
             .map(|item| {
                 key += 1;
                 Row {
@@ -123,6 +151,13 @@ fn LiveFeed(initial: Vec<FeedItem>) -> impl IntoView {
     let next_key = StoredValue::new(key + 1);
 
     let push = move |id: Option<u64>, event: FeedEvent, now: u64| {
+        if let Some(note) = Note::from_event(&event) {
+            notes.update(|n| {
+                n.insert(0, note);
+                n.truncate(NOTES);
+            });
+            return;
+        }
         if let FeedEvent::Update { value, .. } = event {
             values.update(|v| {
                 v.push(value);
@@ -187,7 +222,9 @@ fn LiveFeed(initial: Vec<FeedItem>) -> impl IntoView {
                     let value = match row.event {
                         FeedEvent::Update { value, .. } => format!("{value:.3}"),
                         FeedEvent::Gap => "missed events".to_string(),
-                        FeedEvent::Connected { .. } => "—".to_string(),
+                        FeedEvent::Connected { .. } | FeedEvent::Notification { .. } => {
+                            "—".to_string()
+                        }
                     };
                     let ts = row.timestamp;
                     view! {
@@ -200,14 +237,97 @@ fn LiveFeed(initial: Vec<FeedItem>) -> impl IntoView {
                 }
             />
         </ol>
+        <section class="notifications" aria-labelledby="notifications-title">
+            <h2 id="notifications-title">"Notifications"</h2>
+            <ul data-testid="notifications">
+                <For
+                    each=move || notes.get()
+                    key=|n| n.id.clone()
+                    children=move |n| {
+                        let ts = n.timestamp;
+                        view! {
+                            <li class="note">
+                                <span class="note-user">{n.user}</span>
+                                <time class="event-time">{move || format_time(ts, hydrated.get())}</time>
+                                <span class="note-text">{n.text}</span>
+                            </li>
+                        }
+                    }
+                />
+            </ul>
+            <PublishForm/>
+        </section>
+    }
+}
+
+/// Sends a notification to every feed, as the signed-in user.
+#[component]
+fn PublishForm() -> impl IntoView {
+    let action = ServerAction::<PublishNotification>::new();
+    let text = RwSignal::new(String::new());
+    Effect::new(move |_| {
+        if let Some(Ok(())) = action.value().get() {
+            text.set(String::new());
+        }
+    });
+    let error = move || match action.value().get() {
+        Some(Err(e)) => Some(e.to_string()),
+        _ => None,
+    };
+    view! {
+        <ActionForm action attr:class="publish">
+            <label class="visually-hidden" for="publish-text">"Notification"</label>
+            <div class="row">
+                <input
+                    id="publish-text"
+                    name="text"
+                    data-testid="publish-text"
+                    placeholder="Notify everyone… (signed-in users)"
+                    maxlength=MAX_TEXT_CHARS
+                    required
+                    prop:value=move || text.get()
+                    on:input=move |ev| text.set(event_target_value(&ev))
+                />
+                <button type="submit" disabled=move || action.pending().get()>"Publish"</button>
+            </div>
+            <p class="error" role="alert">{error}</p>
+        </ActionForm>
+    }
+}
+
+/// A notification as shown.
+#[derive(Clone, Debug, PartialEq)]
+struct Note {
+    id: String,
+    user: String,
+    text: String,
+    timestamp: u64,
+}
+
+impl Note {
+    fn from_event(event: &FeedEvent) -> Option<Note> {
+        match event {
+            FeedEvent::Notification {
+                id,
+                user,
+                text,
+                timestamp,
+            } => Some(Note {
+                id: id.clone(),
+                user: user.clone(),
+                text: text.clone(),
+                timestamp: *timestamp,
+            }),
+            _ => None,
+        }
     }
 }
 
 fn timestamp_of(event: &FeedEvent) -> Option<u64> {
     match event {
-        FeedEvent::Connected { timestamp } | FeedEvent::Update { timestamp, .. } => {
-            Some(*timestamp)
-        }
+        FeedEvent::Connected { timestamp }
+        | FeedEvent::Update { timestamp, .. }
+        | FeedEvent::Notification { timestamp, .. } => Some(*timestamp),
         FeedEvent::Gap => None,
     }
 }
@@ -217,6 +337,7 @@ fn event_kind(event: &FeedEvent) -> &'static str {
         FeedEvent::Connected { .. } => "connected",
         FeedEvent::Update { .. } => "update",
         FeedEvent::Gap => "gap",
+        FeedEvent::Notification { .. } => "notification",
     }
 }
 
@@ -337,7 +458,9 @@ mod client {
             let id = match event {
                 // `lastEventId` of an event without `id:` repeats the previous
                 // id, so only events that carry one are numbered.
-                FeedEvent::Update { .. } => msg.last_event_id().parse::<u64>().ok(),
+                FeedEvent::Update { .. } | FeedEvent::Notification { .. } => {
+                    msg.last_event_id().parse::<u64>().ok()
+                }
                 FeedEvent::Gap => {
                     // Ids after a gap may come from a new sequence.
                     inner.last_id.set(None);

@@ -1,5 +1,6 @@
 //! One component per page.
 
 pub mod chat;
+pub mod dashboard;
 pub mod feed;
 pub mod rooms;

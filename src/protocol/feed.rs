@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 /// Path of the Server-Sent-Events feed.
 pub const FEED_PATH: &str = "/api/events";
 
+/// Path of the notifications endpoint (`POST`, Bearer JWT).
+pub const NOTIFICATIONS_PATH: &str = "/api/notifications";
+
 /// Query parameter a client may use instead of the `Last-Event-ID` header on
 /// its first connection (browsers only send the header when they reconnect).
 pub const LAST_EVENT_ID_PARAM: &str = "lastEventId";
@@ -28,6 +31,17 @@ pub enum FeedEvent {
     /// The client asked to resume from an id older than the server's backlog:
     /// some events were missed and cannot be replayed.
     Gap,
+    /// A notification someone published (`POST /api/notifications`).
+    Notification {
+        /// Unique id (time-ordered).
+        id: String,
+        /// Display name of the publisher, from their token.
+        user: String,
+        /// The text, trimmed (1–2000 characters).
+        text: String,
+        /// Server time, milliseconds since the Unix epoch.
+        timestamp: u64,
+    },
 }
 
 /// A feed event together with its SSE `id:` (its place in the sequence).

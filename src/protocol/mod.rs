@@ -6,9 +6,12 @@
 //!
 //! - [`feed`]: the live feed over Server-Sent Events.
 //! - [`chat`]: chat and rooms over a WebSocket.
+//! - [`stats`]: the dashboard's figures over Server-Sent Events.
 
 pub mod chat;
 pub mod feed;
+pub mod stats;
 
 pub use chat::*;
 pub use feed::*;
+pub use stats::*;

@@ -177,23 +177,30 @@ pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .map(|c| c.value().to_string())
 }
 
-fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    let bearer = headers
+/// The token of an `Authorization: Bearer` header, if there is one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(|t| t.trim().to_string());
-    bearer.or_else(|| cookie_token(headers)).or_else(|| {
-        query?
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == TOKEN_PARAM)
-            .map(|(_, v)| v.to_string())
-            .filter(|v| !v.is_empty())
-    })
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    bearer_token(headers)
+        .or_else(|| cookie_token(headers))
+        .or_else(|| {
+            query?
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| *k == TOKEN_PARAM)
+                .map(|(_, v)| v.to_string())
+                .filter(|v| !v.is_empty())
+        })
 }
 
 #[cfg(test)]

@@ -292,22 +292,6 @@ fn bad_last_event_id() -> Response {
         .into_response()
 }
 
-/// Counts an open stream in the metrics for as long as it lives.
-struct OpenStream;
-
-impl OpenStream {
-    fn new() -> Self {
-        metrics::connection_opened(metrics::Transport::Sse);
-        OpenStream
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        metrics::connection_closed(metrics::Transport::Sse);
-    }
-}
-
 /// State of one stream's live part.
 struct Live {
     /// Where frames come from.
@@ -319,7 +303,7 @@ struct Live {
     /// To resubscribe after falling behind the channel.
     feed: Arc<Feed>,
     /// Keeps the stream counted until the client goes away.
-    _open: OpenStream,
+    _open: metrics::OpenConnection,
 }
 
 /// The body of one SSE response: `retry:`, `connected`, the replay, then live
@@ -329,7 +313,7 @@ fn event_stream(
     state: &FeedState,
     last_seen: Option<u64>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
-    let open = OpenStream::new();
+    let open = metrics::OpenConnection::new(metrics::Transport::Sse);
     let Subscription {
         replay,
         live,

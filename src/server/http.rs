@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{FromRef, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -19,11 +19,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{shell, App};
-use crate::protocol::{FEED_PATH, WS_PATH};
+use crate::protocol::{FEED_PATH, NOTIFICATIONS_PATH, STATS_PATH, WS_PATH};
 use crate::server::auth::Auth;
 use crate::server::chat::{self, Chat};
 use crate::server::config::Settings;
 use crate::server::feed::{self, Feed, FeedState};
+use crate::server::notify::{self, Notifier};
+use crate::server::stats::{self, StatsState};
 use crate::server::{assets, metrics};
 
 /// State shared by every handler.
@@ -35,6 +37,10 @@ pub struct AppState {
     pub feed: Arc<Feed>,
     /// Chat rooms and the WebSocket endpoint's settings.
     pub chat: Arc<Chat>,
+    /// Publishes notifications into the feed.
+    pub notifier: Arc<Notifier>,
+    /// The dashboard's latest figures.
+    pub stats: tokio::sync::watch::Receiver<crate::protocol::Stats>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
     /// Renders `/metrics`; `None` when no recorder is installed.
@@ -50,6 +56,21 @@ impl FromRef<AppState> for LeptosOptions {
 impl FromRef<AppState> for Arc<Chat> {
     fn from_ref(state: &AppState) -> Self {
         state.chat.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Notifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.notifier.clone()
+    }
+}
+
+impl FromRef<AppState> for StatsState {
+    fn from_ref(state: &AppState) -> Self {
+        StatsState {
+            latest: state.stats.clone(),
+            shutdown: state.shutdown.clone(),
+        }
     }
 }
 
@@ -70,8 +91,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(FEED_PATH, get(feed::events))
         .route(WS_PATH, get(chat::upgrade))
+        .route(NOTIFICATIONS_PATH, post(notify::post))
+        .route(STATS_PATH, get(stats::stream))
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .leptos_routes_with_context(&state, routes, context, move || shell(options.clone()))
         .fallback(fallback)
         .with_state(state)
@@ -82,9 +106,11 @@ pub fn router(state: AppState) -> Router {
 fn server_context(state: &AppState) -> impl Fn() + Clone + Send + Sync + 'static {
     let feed = state.feed.clone();
     let auth = state.chat.auth.clone();
+    let notifier = state.notifier.clone();
     move || {
         provide_context(feed.clone());
         provide_context(auth.clone());
+        provide_context(notifier.clone());
     }
 }
 
@@ -101,6 +127,16 @@ async fn fallback(State(state): State<AppState>, req: Request<Body>) -> Response
     let mut res = render(req).await.into_response();
     *res.status_mut() = StatusCode::NOT_FOUND;
     res
+}
+
+/// `GET /readyz`: whether this instance should get traffic: not while it
+/// drains at shutdown.
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        "ready".into_response()
+    }
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -155,10 +191,18 @@ pub async fn serve(
         chat.clone()
             .run_upkeep(UPKEEP_PERIOD.min(app.room_idle().max(Duration::from_secs(1)))),
     );
+    let notifier = Arc::new(Notifier {
+        feed: feed.clone(),
+        chat: chat.clone(),
+    });
+    let (stats_tx, stats_rx) = stats::channel();
+    let sampler = tokio::spawn(stats::run_sampler(stats_tx, shutdown.clone()));
     let state = AppState {
         leptos_options: settings.leptos.clone(),
         feed,
         chat,
+        notifier,
+        stats: stats_rx,
         shutdown: shutdown.clone(),
         metrics,
     };
@@ -168,5 +212,6 @@ pub async fn serve(
     shutdown.cancel();
     let _ = ticker.await;
     let _ = upkeep.await;
+    let _ = sampler.await;
     result
 }

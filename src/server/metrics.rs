@@ -4,6 +4,8 @@
 //! The recorder is installed once by the binary; without it (e.g. in unit
 //! tests) recording is a no-op.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -28,6 +30,37 @@ pub const SLOW_CLIENTS_DROPPED: &str = "pulse_slow_clients_dropped_total";
 /// Chat rooms held.
 pub const ROOMS: &str = "pulse_rooms";
 
+/// The figures the dashboard shows, kept beside the recorder's copies so they
+/// can be read back (a metrics recorder is write-only). Both are updated by the
+/// same calls below, so the dashboard and `/metrics` always agree.
+static OPEN_SSE: AtomicU64 = AtomicU64::new(0);
+static OPEN_WS: AtomicU64 = AtomicU64::new(0);
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+static DELIVERED: AtomicU64 = AtomicU64::new(0);
+
+/// A reading of the dashboard's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Open SSE streams.
+    pub open_sse: u64,
+    /// Open WebSockets.
+    pub open_ws: u64,
+    /// Chat frames received since start.
+    pub received: u64,
+    /// Chat messages delivered since start (one per recipient).
+    pub delivered: u64,
+}
+
+/// Reads the dashboard's counters.
+pub fn snapshot() -> Snapshot {
+    Snapshot {
+        open_sse: OPEN_SSE.load(Ordering::Relaxed),
+        open_ws: OPEN_WS.load(Ordering::Relaxed),
+        received: RECEIVED.load(Ordering::Relaxed),
+        delivered: DELIVERED.load(Ordering::Relaxed),
+    }
+}
+
 /// How a client is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -40,6 +73,13 @@ pub enum Transport {
 impl Transport {
     /// Every transport, for zeroing the series at start.
     const ALL: &'static [Transport] = &[Transport::Sse, Transport::Ws];
+
+    fn open_count(self) -> &'static AtomicU64 {
+        match self {
+            Transport::Sse => &OPEN_SSE,
+            Transport::Ws => &OPEN_WS,
+        }
+    }
 
     fn label(self) -> &'static str {
         match self {
@@ -86,12 +126,32 @@ pub fn install() -> Result<PrometheusHandle, String> {
 
 /// A client connected.
 pub fn connection_opened(t: Transport) {
+    t.open_count().fetch_add(1, Ordering::Relaxed);
     gauge!(OPEN_CONNECTIONS, "transport" => t.label()).increment(1.0);
     counter!(CONNECTIONS_OPENED, "transport" => t.label()).increment(1);
 }
 
+/// Counts a connection as open for as long as it lives (for response bodies,
+/// which end by being dropped).
+pub struct OpenConnection(Transport);
+
+impl OpenConnection {
+    /// Counts a new connection.
+    pub fn new(t: Transport) -> Self {
+        connection_opened(t);
+        OpenConnection(t)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        connection_closed(self.0);
+    }
+}
+
 /// A client went away.
 pub fn connection_closed(t: Transport) {
+    t.open_count().fetch_sub(1, Ordering::Relaxed);
     gauge!(OPEN_CONNECTIONS, "transport" => t.label()).decrement(1.0);
 }
 
@@ -102,11 +162,13 @@ pub fn set_feed_subscribers(n: usize) {
 
 /// A frame arrived from a WebSocket client.
 pub fn message_received() {
+    RECEIVED.fetch_add(1, Ordering::Relaxed);
     counter!(MESSAGES_RECEIVED).increment(1);
 }
 
 /// `n` recipients were sent a chat message.
 pub fn messages_delivered(n: u64) {
+    DELIVERED.fetch_add(n, Ordering::Relaxed);
     counter!(MESSAGES_DELIVERED).increment(n);
 }
 

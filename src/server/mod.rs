@@ -7,4 +7,6 @@ pub mod config;
 pub mod feed;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod shutdown;
+pub mod stats;

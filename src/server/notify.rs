@@ -1,0 +1,179 @@
+//! Notifications: a signed-in user's text pushed into the live feed of every
+//! client, from `POST /api/notifications` (Bearer JWT) or the
+//! `publish_notification` server function (session cookie). Same validation
+//! and rate limit as chat messages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::protocol::{ErrorCode, FeedEvent, MAX_TEXT_CHARS};
+use crate::server::auth::{bearer_token, cookie_token};
+use crate::server::chat::Chat;
+use crate::server::feed::{now_ms, Feed};
+use crate::server::metrics;
+
+/// Publishes notifications into the feed.
+pub struct Notifier {
+    /// Where they go.
+    pub feed: Arc<Feed>,
+    /// Tokens and the per-user message rate limit.
+    pub chat: Arc<Chat>,
+}
+
+/// A published notification.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Its id (also in the event).
+    pub id: String,
+    /// Its SSE id in the feed.
+    pub event_id: u64,
+}
+
+/// Why a notification was refused.
+#[derive(Debug, Clone)]
+pub enum NotifyError {
+    /// No valid token.
+    Unauthorized(String),
+    /// Bad body or text.
+    Invalid(String),
+    /// Over the user's rate limit.
+    RateLimited(Duration),
+}
+
+impl NotifyError {
+    /// A sentence for the user.
+    pub fn message(&self) -> String {
+        match self {
+            NotifyError::Unauthorized(why) => why.clone(),
+            NotifyError::Invalid(why) => why.clone(),
+            NotifyError::RateLimited(wait) => {
+                format!(
+                    "too many messages; try again in {} ms",
+                    wait.as_millis().max(1)
+                )
+            }
+        }
+    }
+}
+
+/// The JSON body of `POST /api/notifications`.
+#[derive(Deserialize)]
+struct Body {
+    text: String,
+}
+
+impl Notifier {
+    /// Publishes `text` as `user`.
+    pub fn publish(&self, user: &str, text: &str) -> Result<Published, NotifyError> {
+        let text = text.trim();
+        let chars = text.chars().count();
+        if chars == 0 || chars > MAX_TEXT_CHARS {
+            metrics::invalid_message();
+            return Err(NotifyError::Invalid(format!(
+                "text must be 1-{MAX_TEXT_CHARS} characters after trimming, got {chars}"
+            )));
+        }
+        let user: Arc<str> = Arc::from(user);
+        if let Err(wait) = self.chat.check_message_rate(&user) {
+            metrics::rate_limited();
+            return Err(NotifyError::RateLimited(wait));
+        }
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let event_id = self.feed.publish(FeedEvent::Notification {
+            id: id.clone(),
+            user: user.to_string(),
+            text: text.to_string(),
+            timestamp: now_ms(),
+        });
+        Ok(Published { id, event_id })
+    }
+
+    /// Publishes as the user of the request's session cookie.
+    pub fn publish_from_session(
+        &self,
+        headers: &HeaderMap,
+        text: &str,
+    ) -> Result<Published, NotifyError> {
+        let token = cookie_token(headers)
+            .ok_or_else(|| NotifyError::Unauthorized("sign in to publish".into()))?;
+        let claims = self
+            .chat
+            .auth
+            .verify(&token)
+            .map_err(|e| NotifyError::Unauthorized(e.to_string()))?;
+        self.publish(&claims.sub, text)
+    }
+}
+
+/// `POST /api/notifications` with `Authorization: Bearer <jwt>` and
+/// `{"text": "…"}`: `202` with the notification's ids, or `401`, `400` or
+/// `429` (with `Retry-After`) and `{"code", "message"}`.
+pub async fn post(
+    State(notifier): State<Arc<Notifier>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let claims = match bearer_token(&headers).map(|t| notifier.chat.auth.verify(&t)) {
+        Some(Ok(claims)) => claims,
+        Some(Err(e)) => return refuse(NotifyError::Unauthorized(e.to_string())),
+        None => {
+            return refuse(NotifyError::Unauthorized(
+                "send Authorization: Bearer <token>".into(),
+            ))
+        }
+    };
+    let text = match serde_json::from_slice::<Body>(&body) {
+        Ok(body) => body.text,
+        Err(e) => {
+            metrics::invalid_message();
+            return refuse(NotifyError::Invalid(format!(
+                "expected {{\"text\": \"…\"}}: {e}"
+            )));
+        }
+    };
+    match notifier.publish(&claims.sub, &text) {
+        Ok(p) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "id": p.id, "event_id": p.event_id })),
+        )
+            .into_response(),
+        Err(e) => refuse(e),
+    }
+}
+
+fn refuse(e: NotifyError) -> Response {
+    let message = e.message();
+    match e {
+        NotifyError::Unauthorized(_) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer".to_string())],
+            axum::Json(json!({ "code": "unauthorized", "message": message })),
+        )
+            .into_response(),
+        NotifyError::Invalid(_) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({ "code": ErrorCode::InvalidMessage, "message": message })),
+        )
+            .into_response(),
+        NotifyError::RateLimited(wait) => {
+            let ms = wait.as_millis().max(1) as u64;
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, ms.div_ceil(1000).to_string())],
+                axum::Json(json!({
+                    "code": ErrorCode::RateLimited,
+                    "message": message,
+                    "retry_after_ms": ms,
+                })),
+            )
+                .into_response()
+        }
+    }
+}
