@@ -111,6 +111,10 @@ pub struct Overrides {
     /// random one per start (sessions do not survive a restart or span instances).
     #[arg(long, env = "PULSE_JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<String>,
+    /// Redis for running several instances, e.g. redis://127.0.0.1:6379
+    /// (unset: one instance, in-process).
+    #[arg(long, env = "PULSE_REDIS_URL", hide_env_values = true, global = true)]
+    pub redis_url: Option<String>,
 }
 
 /// How log lines are written.
@@ -164,6 +168,8 @@ pub struct Settings {
     pub app: AppSettings,
     /// The JWT secret, if one is configured (never printed).
     pub jwt_secret: Option<String>,
+    /// Redis URL for scale-out, if configured (never printed: it may hold a password).
+    pub redis_url: Option<String>,
 }
 
 /// Shortest JWT secret accepted: HS256 wants a key as long as its hash.
@@ -222,6 +228,7 @@ impl AppSettings {
             ws_queue,
             allowed_origins,
             jwt_secret: _,
+            redis_url: _,
         } = o;
         if let Some(v) = feed_interval_ms {
             self.feed_interval_ms = *v;
@@ -337,10 +344,20 @@ impl Settings {
                 ));
             }
         }
+        let redis_url = overrides.redis_url.clone().filter(|s| !s.is_empty());
+        if let Some(url) = &redis_url {
+            if !["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                return Err("PULSE_REDIS_URL must be a URL like redis://127.0.0.1:6379".into());
+            }
+        }
         Ok(Settings {
             leptos,
             app,
             jwt_secret,
+            redis_url,
         })
     }
 }

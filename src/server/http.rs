@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{shell, App};
 use crate::protocol::{FEED_PATH, NOTIFICATIONS_PATH, STATS_PATH, WS_PATH};
 use crate::server::auth::Auth;
+use crate::server::broker::{Broker, BusEvent, Sink};
 use crate::server::chat::{self, Chat};
 use crate::server::config::Settings;
 use crate::server::feed::{self, Feed, FeedState};
@@ -134,8 +135,31 @@ async fn fallback(State(state): State<AppState>, req: Request<Body>) -> Response
 async fn ready(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if state.chat.broker.connected() == Some(false) {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker disconnected").into_response()
     } else {
         "ready".into_response()
+    }
+}
+
+/// Delivers what other instances publish into this one.
+struct BusSink {
+    chat: Arc<Chat>,
+    feed: Arc<Feed>,
+}
+
+impl Sink for BusSink {
+    fn deliver(&self, event: BusEvent) {
+        match event {
+            BusEvent::Room { room, msg } => self.chat.hub.deliver_remote(&room, &msg),
+            BusEvent::Feed { event } => {
+                self.feed.publish(event);
+            }
+        }
+    }
+
+    fn local_presence(&self) -> Vec<(String, String)> {
+        self.chat.hub.local_presence()
     }
 }
 
@@ -186,7 +210,21 @@ pub async fn serve(
         }
     };
     let auth = Arc::new(Auth::new(&secret, app.session_ttl()));
-    let chat = Arc::new(Chat::new(app, auth, shutdown.clone()));
+    let (broker, broker_tasks) = match &settings.redis_url {
+        Some(url) => {
+            let (broker, tasks) = Broker::redis(url).map_err(std::io::Error::other)?;
+            (broker, Some(tasks))
+        }
+        None => (Broker::local(), None),
+    };
+    let chat = Arc::new(Chat::new(app, auth, broker.clone(), shutdown.clone()));
+    let bus = broker_tasks.map(|tasks| {
+        let sink = Arc::new(BusSink {
+            chat: chat.clone(),
+            feed: feed.clone(),
+        });
+        tokio::spawn(tasks.run(sink, shutdown.clone()))
+    });
     let upkeep = tokio::spawn(
         chat.clone()
             .run_upkeep(UPKEEP_PERIOD.min(app.room_idle().max(Duration::from_secs(1)))),
@@ -195,8 +233,8 @@ pub async fn serve(
         feed: feed.clone(),
         chat: chat.clone(),
     });
-    let (stats_tx, stats_rx) = stats::channel();
-    let sampler = tokio::spawn(stats::run_sampler(stats_tx, shutdown.clone()));
+    let (stats_tx, stats_rx) = stats::channel(&broker);
+    let sampler = tokio::spawn(stats::run_sampler(stats_tx, broker, shutdown.clone()));
     let state = AppState {
         leptos_options: settings.leptos.clone(),
         feed,
@@ -213,5 +251,8 @@ pub async fn serve(
     let _ = ticker.await;
     let _ = upkeep.await;
     let _ = sampler.await;
+    if let Some(bus) = bus {
+        let _ = bus.await;
+    }
     result
 }

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{counter, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Open connections, by transport.
 pub const OPEN_CONNECTIONS: &str = "pulse_open_connections";
@@ -29,6 +29,12 @@ pub const REJECTED_UPGRADES: &str = "pulse_rejected_upgrades_total";
 pub const SLOW_CLIENTS_DROPPED: &str = "pulse_slow_clients_dropped_total";
 /// Chat rooms held.
 pub const ROOMS: &str = "pulse_rooms";
+/// 1 while the Redis broker is connected (0 while it is down; absent without one).
+pub const BROKER_CONNECTED: &str = "pulse_broker_connected";
+/// Time to publish one event to the broker.
+pub const BROKER_PUBLISH_SECONDS: &str = "pulse_broker_publish_seconds";
+/// Broker commands dropped because the broker was down or too slow.
+pub const BROKER_DROPPED: &str = "pulse_broker_dropped_total";
 
 /// The figures the dashboard shows, kept beside the recorder's copies so they
 /// can be read back (a metrics recorder is write-only). Both are updated by the
@@ -92,6 +98,13 @@ impl Transport {
 /// Installs the global recorder and returns the handle that renders it.
 pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(BROKER_PUBLISH_SECONDS.into()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+            ],
+        )
+        .map_err(|e| format!("cannot configure the metrics exporter: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     // Describe and zero the series up front, so a scrape shows them at once.
@@ -121,6 +134,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_counter!(REJECTED_UPGRADES, "WebSocket upgrades refused, by reason.");
     metrics::describe_counter!(SLOW_CLIENTS_DROPPED, "Clients dropped for not reading.");
     metrics::describe_gauge!(ROOMS, "Chat rooms held.");
+    metrics::describe_gauge!(BROKER_CONNECTED, "1 while the Redis broker is connected.");
+    metrics::describe_histogram!(
+        BROKER_PUBLISH_SECONDS,
+        "Time to publish one event to the broker."
+    );
+    metrics::describe_counter!(
+        BROKER_DROPPED,
+        "Broker commands dropped while it was down or slow."
+    );
     Ok(handle)
 }
 
@@ -195,4 +217,19 @@ pub fn slow_client_dropped() {
 /// The number of chat rooms changed.
 pub fn set_rooms(n: usize) {
     gauge!(ROOMS).set(n as f64);
+}
+
+/// The broker connected or went away.
+pub fn set_broker_connected(up: bool) {
+    gauge!(BROKER_CONNECTED).set(if up { 1.0 } else { 0.0 });
+}
+
+/// One publish to the broker took `d`.
+pub fn broker_publish_latency(d: std::time::Duration) {
+    metrics::histogram!(BROKER_PUBLISH_SECONDS).record(d.as_secs_f64());
+}
+
+/// A broker command was dropped.
+pub fn broker_dropped() {
+    counter!(BROKER_DROPPED).increment(1);
 }

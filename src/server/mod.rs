@@ -2,6 +2,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod broker;
 pub mod chat;
 pub mod config;
 pub mod feed;

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::protocol::{ErrorCode, FeedEvent, MAX_TEXT_CHARS};
 use crate::server::auth::{bearer_token, cookie_token};
+use crate::server::broker::BusEvent;
 use crate::server::chat::Chat;
 use crate::server::feed::{now_ms, Feed};
 use crate::server::metrics;
@@ -86,12 +87,14 @@ impl Notifier {
             return Err(NotifyError::RateLimited(wait));
         }
         let id = uuid::Uuid::now_v7().simple().to_string();
-        let event_id = self.feed.publish(FeedEvent::Notification {
+        let event = FeedEvent::Notification {
             id: id.clone(),
             user: user.to_string(),
             text: text.to_string(),
             timestamp: now_ms(),
-        });
+        };
+        let event_id = self.feed.publish(event.clone());
+        self.chat.broker.publish(BusEvent::Feed { event });
         Ok(Published { id, event_id })
     }
 

@@ -15,6 +15,7 @@ use tokio::time::{interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::Stats;
+use crate::server::broker::Broker;
 use crate::server::feed::now_ms;
 use crate::server::metrics;
 
@@ -31,11 +32,17 @@ pub struct StatsState {
 }
 
 /// A channel holding the first sample.
-pub fn channel() -> (watch::Sender<Stats>, watch::Receiver<Stats>) {
-    watch::channel(sample(&metrics::snapshot(), &metrics::snapshot(), PERIOD))
+pub fn channel(broker: &Broker) -> (watch::Sender<Stats>, watch::Receiver<Stats>) {
+    let now = metrics::snapshot();
+    watch::channel(sample(&now, &now, PERIOD, broker))
 }
 
-fn sample(prev: &metrics::Snapshot, now: &metrics::Snapshot, elapsed: Duration) -> Stats {
+fn sample(
+    prev: &metrics::Snapshot,
+    now: &metrics::Snapshot,
+    elapsed: Duration,
+    broker: &Broker,
+) -> Stats {
     let secs = elapsed.as_secs_f64().max(1e-3);
     Stats {
         timestamp: now_ms(),
@@ -43,12 +50,12 @@ fn sample(prev: &metrics::Snapshot, now: &metrics::Snapshot, elapsed: Duration) 
         ws: now.open_ws,
         received_per_s: now.received.saturating_sub(prev.received) as f64 / secs,
         delivered_per_s: now.delivered.saturating_sub(prev.delivered) as f64 / secs,
-        broker: "in-process".into(),
+        broker: broker.describe(),
     }
 }
 
 /// Samples the counters every [`PERIOD`] until `shutdown`.
-pub async fn run_sampler(tx: watch::Sender<Stats>, shutdown: CancellationToken) {
+pub async fn run_sampler(tx: watch::Sender<Stats>, broker: Broker, shutdown: CancellationToken) {
     let mut tick = interval(PERIOD);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut prev = metrics::snapshot();
@@ -60,7 +67,7 @@ pub async fn run_sampler(tx: watch::Sender<Stats>, shutdown: CancellationToken) 
         }
         let now = metrics::snapshot();
         let at = tokio::time::Instant::now();
-        tx.send_replace(sample(&prev, &now, at - prev_at));
+        tx.send_replace(sample(&prev, &now, at - prev_at, &broker));
         (prev, prev_at) = (now, at);
     }
 }

@@ -200,3 +200,37 @@ impl Sse {
 }
 
 pub mod ws;
+
+pub mod redis;
+
+impl Server {
+    /// Waits until `/readyz` answers `status`.
+    pub async fn wait_ready(&self, status: u16) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let now = match reqwest::get(format!("{}/readyz", self.url)).await {
+                Ok(res) => res.status().as_u16(),
+                Err(_) => 0,
+            };
+            if now == status {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz stayed {now}, expected {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The log lines written so far (and not yet taken) containing `needle`.
+    pub fn take_logs_matching(&mut self, needle: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        while let Ok(line) = self.logs.try_recv() {
+            if line.contains(needle) {
+                found.push(line);
+            }
+        }
+        found
+    }
+}

@@ -104,7 +104,7 @@ async fn serve(socket: WebSocket, chat: Arc<Chat>, id: ConnId, claims: Claims) {
                             break End::Close(CLOSE_TOO_BIG, "frame too large");
                         }
                         metrics::message_received();
-                        handle(&chat, id, &user, &outbox, &mut joined, text.as_str());
+                        handle(&chat, id, &user, &outbox, &mut joined, text.as_str()).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
                         metrics::invalid_message();
@@ -143,7 +143,7 @@ fn is_too_big(e: &axum::Error) -> bool {
 }
 
 /// Acts on one text frame from the client.
-fn handle(
+async fn handle(
     chat: &Chat,
     id: ConnId,
     user: &Arc<str>,
@@ -177,7 +177,13 @@ fn handle(
                 outbox.send(&rate_limited(wait));
                 return;
             }
-            match chat.hub.join(id, user, outbox, &room) {
+            // With several instances, history and members come from Redis.
+            let shared = if chat.broker.is_redis() && crate::protocol::is_valid_room(&room) {
+                chat.broker.room_snapshot(&room).await
+            } else {
+                None
+            };
+            match chat.hub.join(id, user, outbox, &room, shared) {
                 Ok(()) => {
                     joined.insert(room);
                 }

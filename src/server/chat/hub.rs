@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::protocol::{
     is_valid_room, ChatMessage, ErrorCode, ServerMessage, DEFAULT_ROOMS, HISTORY_LEN, MAX_ROOM_NAME,
 };
+use crate::server::broker::{Broker, BusEvent};
 use crate::server::feed::now_ms;
 use crate::server::metrics;
 
@@ -136,11 +137,16 @@ pub struct Hub {
     max_rooms: usize,
     /// How long an empty non-default room is kept.
     room_idle: Duration,
+    /// Other instances (a no-op with one instance).
+    broker: Broker,
 }
+
+/// A room's history and members across instances, read from the broker.
+pub type Snapshot = (Vec<ChatMessage>, Vec<String>);
 
 impl Hub {
     /// A hub with the default rooms.
-    pub fn new(max_rooms: usize, room_idle: Duration) -> Self {
+    pub fn new(max_rooms: usize, room_idle: Duration, broker: Broker) -> Self {
         let rooms = DEFAULT_ROOMS
             .iter()
             .map(|name| (name.to_string(), Room::default()))
@@ -150,6 +156,7 @@ impl Hub {
             rooms: Mutex::new(rooms),
             max_rooms,
             room_idle,
+            broker,
         }
     }
 
@@ -160,12 +167,15 @@ impl Hub {
 
     /// Adds a connection to `room` (creating it if needed), answers it with
     /// `joined` and tells the others. Joining a room again just answers again.
+    /// With several instances, `shared` is the room's history and members
+    /// across all of them (read just before).
     pub fn join(
         &self,
         conn: ConnId,
         user: &Arc<str>,
         outbox: &Outbox,
         room: &str,
+        shared: Option<Snapshot>,
     ) -> Result<(), ServerMessage> {
         if !is_valid_room(room) {
             return Err(error(
@@ -200,10 +210,19 @@ impl Hub {
                 *count == 1
             }
         };
+        let (history, members) = match shared {
+            Some((history, mut members)) => {
+                members.extend(r.member_names());
+                members.sort();
+                members.dedup();
+                (history, members)
+            }
+            None => (r.history.iter().cloned().collect(), r.member_names()),
+        };
         outbox.send(&ServerMessage::Joined {
             room: room.to_string(),
-            members: r.member_names(),
-            history: r.history.iter().cloned().collect(),
+            members,
+            history,
         });
         if first_of_user {
             let notice = ServerMessage::UserJoined {
@@ -212,6 +231,11 @@ impl Hub {
                 timestamp: now_ms(),
             };
             r.broadcast(&notice, Some(conn));
+            self.broker.presence(room, user, true);
+            self.broker.publish(BusEvent::Room {
+                room: room.to_string(),
+                msg: notice,
+            });
         }
         Ok(())
     }
@@ -223,7 +247,7 @@ impl Hub {
         let Some(r) = rooms.get_mut(room) else {
             return false;
         };
-        if !Self::remove_member(r, conn, room) {
+        if !self.remove_member(r, conn, room) {
             return false;
         }
         outbox.send(&ServerMessage::Left {
@@ -237,12 +261,12 @@ impl Hub {
         let mut rooms = self.rooms();
         for room in joined {
             if let Some(r) = rooms.get_mut(room.as_str()) {
-                Self::remove_member(r, conn, room);
+                self.remove_member(r, conn, room);
             }
         }
     }
 
-    fn remove_member(r: &mut Room, conn: ConnId, room: &str) -> bool {
+    fn remove_member(&self, r: &mut Room, conn: ConnId, room: &str) -> bool {
         let Some(member) = r.members.remove(&conn) else {
             return false;
         };
@@ -266,6 +290,11 @@ impl Hub {
                 timestamp: now_ms(),
             };
             r.broadcast(&notice, None);
+            self.broker.presence(room, &member.user, false);
+            self.broker.publish(BusEvent::Room {
+                room: room.to_string(),
+                msg: notice,
+            });
         }
         true
     }
@@ -291,9 +320,50 @@ impl Hub {
             r.history.pop_front();
         }
         r.history.push_back(message.clone());
-        let delivered = r.broadcast(&ServerMessage::Message(message), None);
+        self.broker.push_history(&message);
+        let frame = ServerMessage::Message(message);
+        let delivered = r.broadcast(&frame, None);
         metrics::messages_delivered(delivered);
+        self.broker.publish(BusEvent::Room {
+            room: room.to_string(),
+            msg: frame,
+        });
         true
+    }
+
+    /// Delivers a room event from another instance to this one's members (a
+    /// message is also kept in the local history, the fallback while the
+    /// broker is down).
+    pub fn deliver_remote(&self, room: &str, msg: &ServerMessage) {
+        let mut rooms = self.rooms();
+        let Some(r) = rooms.get_mut(room) else {
+            return; // nobody here is in it
+        };
+        if let ServerMessage::Message(m) = msg {
+            if r.history.iter().any(|h| h.id == m.id) {
+                return;
+            }
+            if r.history.len() == HISTORY_LEN {
+                r.history.pop_front();
+            }
+            r.history.push_back(m.clone());
+        }
+        let delivered = r.broadcast(msg, None);
+        if matches!(msg, ServerMessage::Message(_)) {
+            metrics::messages_delivered(delivered);
+        }
+    }
+
+    /// This instance's present users as `(room, user)`.
+    pub fn local_presence(&self) -> Vec<(String, String)> {
+        self.rooms()
+            .iter()
+            .flat_map(|(name, r)| {
+                r.presence
+                    .keys()
+                    .map(move |u| (name.clone(), u.to_string()))
+            })
+            .collect()
     }
 
     /// Drops non-default rooms that have been empty for longer than the idle
@@ -329,15 +399,15 @@ mod tests {
 
     #[test]
     fn presence_counts_users_not_connections() {
-        let hub = Hub::new(10, Duration::from_secs(60));
+        let hub = Hub::new(10, Duration::from_secs(60), Broker::local());
         let ada: Arc<str> = Arc::from("Ada");
         let (o1, mut r1) = Outbox::new(16);
         let (o2, mut r2) = Outbox::new(16);
-        hub.join(1, &ada, &o1, "tech").unwrap();
+        hub.join(1, &ada, &o1, "tech", None).unwrap();
         assert!(
             matches!(next(&mut r1), ServerMessage::Joined { members, .. } if members == ["Ada"])
         );
-        hub.join(2, &ada, &o2, "tech").unwrap();
+        hub.join(2, &ada, &o2, "tech", None).unwrap();
         // Same user, second tab: no "user-joined" to the first.
         assert!(matches!(next(&mut r2), ServerMessage::Joined { .. }));
         assert!(r1.try_recv().is_err());
@@ -347,10 +417,10 @@ mod tests {
 
     #[test]
     fn history_is_bounded_and_idle_rooms_go() {
-        let hub = Hub::new(10, Duration::ZERO);
+        let hub = Hub::new(10, Duration::ZERO, Broker::local());
         let u: Arc<str> = Arc::from("u");
         let (o, _r) = Outbox::new(1024);
-        hub.join(1, &u, &o, "x").unwrap();
+        hub.join(1, &u, &o, "x", None).unwrap();
         for i in 0..(HISTORY_LEN + 5) {
             assert!(hub.say(1, "u", "x", &i.to_string()));
         }
@@ -363,12 +433,12 @@ mod tests {
 
     #[test]
     fn a_full_queue_marks_the_member_too_slow_without_blocking() {
-        let hub = Hub::new(10, Duration::from_secs(60));
+        let hub = Hub::new(10, Duration::from_secs(60), Broker::local());
         let u: Arc<str> = Arc::from("u");
         let (slow, _keep) = Outbox::new(1);
         let (fast, mut fast_rx) = Outbox::new(1024);
-        hub.join(1, &u, &slow, "general").unwrap();
-        hub.join(2, &u, &fast, "general").unwrap();
+        hub.join(1, &u, &slow, "general", None).unwrap();
+        hub.join(2, &u, &fast, "general", None).unwrap();
         for _ in 0..10 {
             hub.say(2, "u", "general", "hi");
         }

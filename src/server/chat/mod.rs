@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::MAX_FRAME_BYTES;
 use crate::server::auth::{Auth, AuthError};
+use crate::server::broker::Broker;
 use crate::server::config::AppSettings;
 use crate::server::metrics;
 use hub::Hub;
@@ -32,6 +33,8 @@ use hub::Hub;
 pub struct Chat {
     /// The rooms.
     pub hub: Hub,
+    /// Other instances (in-process: none).
+    pub broker: Broker,
     /// Checks tokens.
     pub auth: Arc<Auth>,
     /// Chat messages per user per minute.
@@ -52,10 +55,16 @@ pub struct Chat {
 
 impl Chat {
     /// The chat service for these settings.
-    pub fn new(app: &AppSettings, auth: Arc<Auth>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        app: &AppSettings,
+        auth: Arc<Auth>,
+        broker: Broker,
+        shutdown: CancellationToken,
+    ) -> Self {
         let per_min = NonZeroU32::new(app.rate_limit_per_min).unwrap_or(NonZeroU32::MIN);
         Chat {
-            hub: Hub::new(app.max_rooms, app.room_idle()),
+            hub: Hub::new(app.max_rooms, app.room_idle(), broker.clone()),
+            broker,
             auth,
             messages: RateLimiter::keyed(Quota::per_minute(per_min)),
             room_changes: RateLimiter::keyed(Quota::per_minute(per_min)),

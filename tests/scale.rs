@@ -1,0 +1,139 @@
+//! Several instances over a real Redis: rooms, presence, history and
+//! notifications shared; Redis outages survived.
+
+mod support;
+
+use serde_json::json;
+use support::redis::Redis;
+use support::ws::{self, token, Client};
+use support::Server;
+
+async fn instance(redis: &Redis) -> Server {
+    ws::start(&[("PULSE_REDIS_URL", &redis.url())]).await
+}
+
+#[tokio::test]
+async fn instances_share_rooms_presence_history_and_notifications() {
+    let redis = Redis::start().await;
+    let a = instance(&redis).await;
+    let b = instance(&redis).await;
+    a.wait_ready(200).await;
+    b.wait_ready(200).await;
+
+    let mut ada = Client::connect(&a, "Ada").await;
+    let mut bob = Client::connect(&b, "Bob").await;
+    ada.join("tech").await;
+    let joined = bob.join("tech").await;
+    assert_eq!(
+        joined["members"],
+        json!(["Ada", "Bob"]),
+        "members are the union"
+    );
+    let notice = ada.recv_type("user-joined").await;
+    assert_eq!(notice["user"], "Bob");
+
+    bob.say("tech", "hello from b").await;
+    assert_eq!(bob.recv_type("message").await["text"], "hello from b");
+    let m = ada.recv_type("message").await;
+    assert_eq!(
+        (m["user"].as_str(), m["text"].as_str()),
+        (Some("Bob"), Some("hello from b"))
+    );
+    ada.say("tech", "hello from a").await;
+    assert_eq!(bob.recv_type("message").await["text"], "hello from a");
+
+    // History lives in Redis: a newcomer on either instance sees both.
+    let mut cy = Client::connect(&b, "Cy").await;
+    let joined = cy.join("tech").await;
+    let texts: Vec<_> = joined["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["hello from b", "hello from a"]);
+    assert_eq!(joined["members"], json!(["Ada", "Bob", "Cy"]));
+
+    // Leaving on one instance is seen on the other.
+    drop(bob);
+    assert_eq!(ada.recv_type("user-left").await["user"], "Bob");
+
+    // A notification published on A reaches the feed on B.
+    let mut feed = support::Sse::open(&b.url, None).await;
+    assert_eq!(feed.next_event().await.kind(), Some("connected"));
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/notifications", a.url))
+        .header("authorization", format!("Bearer {}", token("Ops")))
+        .body(r#"{"text":"across instances"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let note = loop {
+        let f = feed.next_event().await;
+        if f.kind() == Some("notification") {
+            break f.data.unwrap();
+        }
+    };
+    assert_eq!(note["text"], "across instances");
+    assert_eq!(note["user"], "Ops");
+    assert_eq!(a.metric("pulse_broker_connected").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_redis_outage_keeps_local_delivery_and_heals_by_itself() {
+    let mut redis = Redis::start().await;
+    let mut a = instance(&redis).await;
+    let b = instance(&redis).await;
+    a.wait_ready(200).await;
+    b.wait_ready(200).await;
+    let mut ada = Client::connect(&a, "Ada").await;
+    let mut amy = Client::connect(&a, "Amy").await;
+    let mut bob = Client::connect(&b, "Bob").await;
+    for c in [&mut ada, &mut amy, &mut bob] {
+        c.join("general").await;
+    }
+
+    redis.stop().await;
+    a.wait_ready(503).await;
+    assert_eq!(a.metric("pulse_broker_connected").await, 0.0);
+    // Clients of the same instance still talk, and lose nothing.
+    for i in 0..20 {
+        ada.say("general", &format!("during {i}")).await;
+    }
+    for i in 0..20 {
+        assert_eq!(
+            amy.recv_type("message").await["text"],
+            format!("during {i}")
+        );
+    }
+
+    redis.launch().await;
+    a.wait_ready(200).await;
+    b.wait_ready(200).await;
+    // Same sockets, no reconnect: cross-instance delivery is back.
+    ada.say("general", "after the outage").await;
+    let m = bob.recv_type("message").await;
+    assert_eq!(m["text"], "after the outage");
+    // The outage was logged once, not once per message or retry.
+    assert_eq!(
+        a.take_logs_matching("serving this instance's clients only")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_instance_starts_without_redis_and_connects_when_it_comes() {
+    let mut redis = Redis::reserve();
+    let a = instance(&redis).await;
+    a.wait_ready(503).await;
+    // It serves its own clients meanwhile.
+    let mut ada = Client::connect(&a, "Ada").await;
+    ada.join("general").await;
+    ada.say("general", "alone").await;
+    assert_eq!(ada.recv_type("message").await["text"], "alone");
+
+    redis.launch().await;
+    a.wait_ready(200).await;
+}
