@@ -137,3 +137,30 @@ async fn an_instance_starts_without_redis_and_connects_when_it_comes() {
     redis.launch().await;
     a.wait_ready(200).await;
 }
+
+#[tokio::test]
+async fn the_members_of_a_dead_instance_drop_out() {
+    let redis = Redis::start().await;
+    let env = [
+        ("PULSE_REDIS_URL", redis.url()),
+        ("PULSE_PRESENCE_TTL_S", "3".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = ws::start(&env).await;
+    let mut b = ws::start(&env).await;
+    a.wait_ready(200).await;
+    b.wait_ready(200).await;
+    let mut ada = Client::connect(&a, "Ada").await;
+    let mut bob = Client::connect(&b, "Bob").await;
+    ada.join("random").await;
+    bob.join("random").await;
+    assert_eq!(ada.recv_type("user-joined").await["user"], "Bob");
+
+    // B dies without a word: no leave, no close.
+    b.child.kill().await.unwrap();
+    let left = ada.recv_type("user-left").await;
+    assert_eq!(left["user"], "Bob");
+    let mut cy = Client::connect(&a, "Cy").await;
+    assert_eq!(cy.join("random").await["members"], json!(["Ada", "Cy"]));
+    drop(bob);
+}

@@ -15,6 +15,7 @@
 //! scored by expiry in ms, refreshed every 10 s: members of a dead instance
 //! drop out within 30 s).
 
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,10 +33,6 @@ use crate::server::metrics;
 
 /// The pub/sub channel every instance publishes on and listens to.
 const CHANNEL: &str = "pulse:bus";
-/// Presence entries live this long unless refreshed.
-pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
-/// How often an instance refreshes its presence entries.
-pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
 /// Wait between two connection attempts.
 const RETRY: Duration = Duration::from_secs(1);
 /// Longest a Redis call may take before it counts as failed.
@@ -104,6 +101,9 @@ struct Redis {
     connected: AtomicBool,
     /// Queue to the publisher task.
     tx: mpsc::Sender<Command>,
+    /// Presence entries live this long unless refreshed (refreshed every
+    /// third of it): the members of a dead instance go within this time.
+    presence_ttl: Duration,
 }
 
 /// Where events from other instances go.
@@ -121,7 +121,7 @@ impl Broker {
     }
 
     /// A Redis bus at `url`; nothing is connected until [`Broker::run`].
-    pub fn redis(url: &str) -> Result<(Broker, BrokerTasks), String> {
+    pub fn redis(url: &str, presence_ttl: Duration) -> Result<(Broker, BrokerTasks), String> {
         let client = redis::Client::open(url).map_err(|e| format!("PULSE_REDIS_URL: {e}"))?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let redis = Arc::new(Redis {
@@ -130,6 +130,7 @@ impl Broker {
             conn: Mutex::new(None),
             connected: AtomicBool::new(false),
             tx,
+            presence_ttl,
         });
         metrics::set_broker_connected(false);
         Ok((
@@ -366,7 +367,10 @@ async fn publish(redis: Arc<Redis>, mut rx: mpsc::Receiver<Command>, shutdown: C
         };
         let started = Instant::now();
         let now = now_ms();
-        let expiry = now + PRESENCE_TTL.as_millis() as u64;
+        let expiry = now + redis.presence_ttl.as_millis() as u64;
+        // Expired entries stay a while longer, so that every instance sees
+        // them expire (and tells its clients) before they are removed.
+        let forget_before = now.saturating_sub(3 * redis.presence_ttl.as_millis() as u64);
         let mut pipe = redis::pipe();
         match &cmd {
             Command::Publish(json) => {
@@ -395,11 +399,10 @@ async fn publish(redis: Arc<Redis>, mut rx: mpsc::Receiver<Command>, shutdown: C
                 } else {
                     pipe.cmd("ZREM").arg(presence_key(room)).arg(member);
                 }
-                // Entries of dead instances go when anyone touches the room.
                 pipe.cmd("ZREMRANGEBYSCORE")
                     .arg(presence_key(room))
                     .arg("-inf")
-                    .arg(now)
+                    .arg(forget_before)
                     .ignore();
             }
             Command::Refresh(entries) => {
@@ -426,18 +429,80 @@ async fn publish(redis: Arc<Redis>, mut rx: mpsc::Receiver<Command>, shutdown: C
     }
 }
 
-/// Refreshes this instance's presence entries so they outlive the TTL.
+/// Refreshes this instance's presence entries so they outlive the TTL, and
+/// tells this instance's clients when members of another instance expire
+/// (that instance died): a `user-left` for each, once.
 async fn refresh(redis: Arc<Redis>, sink: Arc<dyn Sink>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(PRESENCE_REFRESH);
+    let period = (redis.presence_ttl / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Expired entries already announced, as (room, "instance|user").
+    let mut announced = HashSet::<(String, String)>::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         let entries = sink.local_presence();
-        if !entries.is_empty() && redis.tx.try_send(Command::Refresh(entries)).is_err() {
+        if !entries.is_empty()
+            && redis
+                .tx
+                .try_send(Command::Refresh(entries.clone()))
+                .is_err()
+        {
             metrics::broker_dropped();
         }
+        let rooms: BTreeSet<&str> = entries.iter().map(|(room, _)| room.as_str()).collect();
+        let conn = redis.conn.lock().ok().and_then(|c| c.clone());
+        let (Some(mut conn), false) = (conn, rooms.is_empty()) else {
+            continue;
+        };
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        for room in &rooms {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(presence_key(room))
+                .arg("-inf")
+                .arg(now);
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(presence_key(room))
+                .arg(now)
+                .arg("+inf");
+        }
+        let Ok(Ok(lists)) =
+            tokio::time::timeout(TIMEOUT, pipe.query_async::<Vec<Vec<String>>>(&mut conn)).await
+        else {
+            continue;
+        };
+        let mut still_expired = HashSet::new();
+        for (room, pair) in rooms.iter().zip(lists.chunks(2)) {
+            let [expired, live] = pair else { continue };
+            let present = |user: &str| {
+                live.iter()
+                    .any(|m| m.split_once('|').is_some_and(|(_, u)| u == user))
+                    || entries.iter().any(|(r, u)| r == room && u == user)
+            };
+            for member in expired {
+                let key = (room.to_string(), member.clone());
+                still_expired.insert(key.clone());
+                if announced.contains(&key) {
+                    continue;
+                }
+                if let Some((_, user)) = member.split_once('|') {
+                    if !present(user) {
+                        sink.deliver(BusEvent::Room {
+                            room: room.to_string(),
+                            msg: ServerMessage::UserLeft {
+                                room: room.to_string(),
+                                user: user.to_string(),
+                                timestamp: now,
+                            },
+                        });
+                    }
+                }
+                announced.insert(key);
+            }
+        }
+        announced.retain(|k| still_expired.contains(k));
     }
 }

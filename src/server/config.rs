@@ -99,6 +99,9 @@ pub struct Overrides {
     /// Frames queued for one WebSocket before it is dropped as too slow.
     #[arg(long, env = "PULSE_WS_QUEUE", global = true)]
     pub ws_queue: Option<usize>,
+    /// With Redis: seconds after which the members of a dead instance drop out.
+    #[arg(long, env = "PULSE_PRESENCE_TTL_S", global = true)]
+    pub presence_ttl_s: Option<u64>,
     /// Origins allowed to open a WebSocket, comma-separated (default: the site's own).
     #[arg(
         long,
@@ -155,6 +158,8 @@ pub struct AppSettings {
     pub ws_ping_interval_s: u64,
     /// Outbound queue length of one WebSocket.
     pub ws_queue: usize,
+    /// With Redis: lifetime of an unrefreshed presence entry, in seconds.
+    pub presence_ttl_s: u64,
     /// Origins allowed to open a WebSocket; empty means the site's own.
     pub allowed_origins: Vec<String>,
 }
@@ -207,6 +212,11 @@ impl AppSettings {
         Duration::from_secs(self.ws_ping_interval_s)
     }
 
+    /// With Redis: lifetime of an unrefreshed presence entry.
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_secs(self.presence_ttl_s)
+    }
+
     /// How long an empty non-default room is kept.
     pub fn room_idle(&self) -> Duration {
         Duration::from_secs(self.room_idle_s)
@@ -226,6 +236,7 @@ impl AppSettings {
             room_idle_s,
             ws_ping_interval_s,
             ws_queue,
+            presence_ttl_s,
             allowed_origins,
             jwt_secret: _,
             redis_url: _,
@@ -266,6 +277,9 @@ impl AppSettings {
         if let Some(v) = ws_queue {
             self.ws_queue = *v;
         }
+        if let Some(v) = presence_ttl_s {
+            self.presence_ttl_s = *v;
+        }
         if let Some(v) = allowed_origins {
             self.allowed_origins = v
                 .iter()
@@ -302,6 +316,9 @@ impl AppSettings {
         }
         if self.ws_ping_interval_s == 0 {
             return Err("ws-ping-interval-s (PULSE_WS_PING_INTERVAL_S) must be at least 1".into());
+        }
+        if self.presence_ttl_s < 3 {
+            return Err("presence-ttl-s (PULSE_PRESENCE_TTL_S) must be at least 3".into());
         }
         if self.ws_queue == 0 {
             return Err("ws-queue (PULSE_WS_QUEUE) must be at least 1".into());

@@ -212,7 +212,8 @@ pub async fn serve(
     let auth = Arc::new(Auth::new(&secret, app.session_ttl()));
     let (broker, broker_tasks) = match &settings.redis_url {
         Some(url) => {
-            let (broker, tasks) = Broker::redis(url).map_err(std::io::Error::other)?;
+            let (broker, tasks) =
+                Broker::redis(url, app.presence_ttl()).map_err(std::io::Error::other)?;
             (broker, Some(tasks))
         }
         None => (Broker::local(), None),
