@@ -164,3 +164,52 @@ async fn the_members_of_a_dead_instance_drop_out() {
     assert_eq!(cy.join("random").await["members"], json!(["Ada", "Cy"]));
     drop(bob);
 }
+
+#[tokio::test]
+async fn a_feed_client_resumes_on_another_instance_without_missing_notifications() {
+    let redis = Redis::start().await;
+    let a = instance(&redis).await;
+    let b = instance(&redis).await;
+    a.wait_ready(200).await;
+    b.wait_ready(200).await;
+    let notify = |server: &Server, text: &'static str| {
+        let url = format!("{}/api/notifications", server.url);
+        async move {
+            let res = reqwest::Client::new()
+                .post(url)
+                .header("authorization", format!("Bearer {}", token("Ops")))
+                .body(format!(r#"{{"text":"{text}"}}"#))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 202);
+        }
+    };
+    // On A, the client sees the first notification; then it goes away.
+    let mut on_a = support::Sse::open(&a.url, None).await;
+    let mut on_b = support::Sse::open(&b.url, None).await;
+    notify(&a, "one").await;
+    let (seen, first) = next_note(&mut on_a).await;
+    assert_eq!(first["text"], "one");
+    drop(on_a);
+    // B has it too (the bus delivered it) before the next one is published.
+    assert_eq!(next_note(&mut on_b).await.1["text"], "one");
+    notify(&a, "two").await;
+    assert_eq!(next_note(&mut on_b).await.1["text"], "two");
+
+    // It comes back on B: it gets "two", and not "one" again.
+    let mut resumed = support::Sse::open(&b.url, Some(&seen.to_string())).await;
+    assert_eq!(next_note(&mut resumed).await.1["text"], "two");
+}
+
+/// The next notification on `sse` (its SSE id and data); a gap is a failure.
+async fn next_note(sse: &mut support::Sse) -> (u64, serde_json::Value) {
+    loop {
+        let f = sse.next_event().await;
+        match f.kind() {
+            Some("notification") => return (f.id.unwrap(), f.data.unwrap()),
+            Some("gap") => panic!("no gap expected"),
+            _ => {}
+        }
+    }
+}

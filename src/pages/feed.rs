@@ -153,8 +153,12 @@ fn LiveFeed(initial: Vec<FeedItem>) -> impl IntoView {
     let push = move |id: Option<u64>, event: FeedEvent, now: u64| {
         if let Some(note) = Note::from_event(&event) {
             notes.update(|n| {
-                n.insert(0, note);
-                n.truncate(NOTES);
+                // The id is the notification's own: the same one may come
+                // from two instances around a reconnect.
+                if !n.iter().any(|x| x.id == note.id) {
+                    n.insert(0, note);
+                    n.truncate(NOTES);
+                }
             });
             return;
         }

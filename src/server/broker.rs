@@ -55,6 +55,8 @@ pub enum BusEvent {
     Feed {
         /// The event.
         event: FeedEvent,
+        /// Its id in the publishing instance's feed (for resumption).
+        id: u64,
     },
 }
 

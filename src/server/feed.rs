@@ -31,6 +31,12 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A time-ordered id floor: now, in milliseconds, times 1000 (room for a
+/// thousand events a millisecond; about 1.8e15, exact in a JS number).
+fn time_id() -> u64 {
+    now_ms().saturating_mul(1000)
+}
+
 /// One frame on the broadcast channel, already encoded for the wire.
 #[derive(Clone, Debug)]
 struct Frame {
@@ -47,14 +53,22 @@ struct Stored {
     item: FeedItem,
     /// Its encoded SSE frame, for replay.
     frame: Frame,
+    /// Compared with a resuming client's `Last-Event-ID`: the event's id, or
+    /// for an event from another instance the id it got there, so that a
+    /// client that saw it there and resumes here does not get it twice.
+    resume_key: u64,
 }
 
 /// The bounded history of published events, oldest first.
 #[derive(Debug)]
 struct Backlog {
-    /// Id the next published event gets.
-    next_id: u64,
-    /// At most `capacity` events, oldest first, ids consecutive.
+    /// Id of the newest published event (one less than the first id before
+    /// any event).
+    last_id: u64,
+    /// Events with ids up to this one are unknown here: evicted from the
+    /// backlog, or published before this process started.
+    lost_up_to: u64,
+    /// At most `capacity` events, oldest first, ids increasing.
     events: VecDeque<Stored>,
     /// Bound on `events`.
     capacity: usize,
@@ -88,16 +102,19 @@ pub struct Subscription {
 impl Feed {
     /// A feed that keeps `capacity` events and suggests `retry` to clients.
     ///
-    /// Ids start at the current time in milliseconds, so they keep increasing
-    /// across restarts (the ticker publishes at most one event a millisecond):
-    /// a client that resumes after a restart gets a `gap`, never silence.
+    /// Ids are time-ordered: an event gets `max(previous + 1, now_ms * 1000)`.
+    /// So they keep increasing across restarts (a client that resumes after a
+    /// restart gets a `gap`, never silence), and ids issued by different
+    /// instances at about the same time are close: a notification seen on one
+    /// instance can be resumed after on another, which received it too.
     pub fn new(capacity: usize, retry: Duration) -> Self {
         // The channel only has to cover the time between two polls of a
         // stream; a stream that falls further behind resumes from the backlog.
         let (live, _) = broadcast::channel(capacity.clamp(16, 1024));
         Feed {
             backlog: Mutex::new(Backlog {
-                next_id: now_ms().max(1),
+                last_id: time_id() - 1,
+                lost_up_to: time_id() - 1,
                 events: VecDeque::with_capacity(capacity),
                 capacity,
             }),
@@ -115,19 +132,31 @@ impl Feed {
     /// Publishes an event: gives it the next id, keeps it in the backlog and
     /// sends it to every open stream. Returns its id.
     pub fn publish(&self, event: FeedEvent) -> u64 {
+        self.insert(event, None)
+    }
+
+    /// Publishes an event that another instance published as `origin_id`.
+    pub fn publish_remote(&self, event: FeedEvent, origin_id: u64) -> u64 {
+        self.insert(event, Some(origin_id))
+    }
+
+    fn insert(&self, event: FeedEvent, origin_id: Option<u64>) -> u64 {
         let mut backlog = self.lock();
-        let id = backlog.next_id;
-        backlog.next_id += 1;
+        let id = (backlog.last_id + 1).max(time_id());
+        backlog.last_id = id;
         let frame = Frame {
             id: Some(id),
             bytes: Bytes::from(format!("id: {id}\ndata: {}\n\n", encode(&event))),
         };
         if backlog.events.len() == backlog.capacity {
-            backlog.events.pop_front();
+            if let Some(gone) = backlog.events.pop_front() {
+                backlog.lost_up_to = gone.item.id;
+            }
         }
         backlog.events.push_back(Stored {
             item: FeedItem { id, event },
             frame: frame.clone(),
+            resume_key: origin_id.unwrap_or(id),
         });
         // An error only means nobody is listening.
         let _ = self.live.send(frame);
@@ -148,27 +177,23 @@ impl Feed {
     pub fn subscribe(&self, last_seen: Option<u64>) -> Subscription {
         let backlog = self.lock();
         let live = self.live.subscribe();
-        let newest = backlog.next_id - 1;
+        let newest = backlog.last_id;
         let mut replay = Vec::new();
         if let Some(last) = last_seen {
-            let oldest = backlog
-                .events
-                .front()
-                .map_or(backlog.next_id, |s| s.item.id);
-            // `last >= next_id` is an id this server never issued (a client of
-            // another, older process): treat it as "missed everything".
-            if last + 1 < oldest || last >= backlog.next_id {
+            // Some events after `last` may be unknown here: say so first.
+            if last < backlog.lost_up_to {
                 replay.push(Bytes::from(format!(
                     "data: {}\n\n",
                     encode(&FeedEvent::Gap)
                 )));
             }
-            let from = if last >= backlog.next_id { 0 } else { last };
+            // An id newer than ours (another instance's clock runs ahead)
+            // replays nothing: the client is up to date.
             replay.extend(
                 backlog
                     .events
                     .iter()
-                    .filter(|s| s.item.id > from)
+                    .filter(|s| s.resume_key > last)
                     .map(|s| s.frame.bytes.clone()),
             );
         }
@@ -397,27 +422,28 @@ mod tests {
     #[test]
     fn resume_replays_exactly_the_missed_events() {
         let feed = Feed::new(100, Duration::from_secs(1));
-        let first = feed.publish(update());
-        for _ in 0..4 {
-            feed.publish(update());
-        }
-        let sub = feed.subscribe(Some(first + 1));
-        assert_eq!(ids(&sub.replay), vec![first + 2, first + 3, first + 4]);
-        assert_eq!(sub.last_id, first + 4);
+        let published: Vec<u64> = (0..5).map(|_| feed.publish(update())).collect();
+        assert!(published.windows(2).all(|w| w[0] < w[1]), "ids increase");
+        let sub = feed.subscribe(Some(published[1]));
+        assert_eq!(ids(&sub.replay), published[2..]);
+        assert_eq!(sub.last_id, published[4]);
+        // An id from the future (another instance's clock) replays nothing.
+        assert!(feed.subscribe(Some(published[4] + 5)).replay.is_empty());
     }
 
     #[test]
     fn resume_from_before_the_backlog_says_gap_first() {
         let feed = Feed::new(100, Duration::from_secs(1));
-        let first = feed.publish(update());
-        for _ in 0..150 {
-            feed.publish(update());
-        }
-        let sub = feed.subscribe(Some(first));
+        let published: Vec<u64> = (0..151).map(|_| feed.publish(update())).collect();
+        let sub = feed.subscribe(Some(published[0]));
         assert!(std::str::from_utf8(&sub.replay[0])
             .unwrap()
             .contains(r#""type":"gap""#));
-        assert_eq!(ids(&sub.replay).len(), 100);
+        assert_eq!(ids(&sub.replay), published[51..]);
+        // From before this process: a gap too.
+        let fresh = Feed::new(100, Duration::from_secs(1));
+        let sub = fresh.subscribe(Some(1));
+        assert_eq!(sub.replay.len(), 1);
     }
 
     #[test]
@@ -428,7 +454,7 @@ mod tests {
         }
         let recent = feed.recent(10);
         assert_eq!(recent.len(), 10);
-        assert!(recent.windows(2).all(|w| w[0].id + 1 == w[1].id));
+        assert!(recent.windows(2).all(|w| w[0].id < w[1].id));
         assert_eq!(feed.lock().events.len(), 100);
     }
 }

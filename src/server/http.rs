@@ -152,8 +152,8 @@ impl Sink for BusSink {
     fn deliver(&self, event: BusEvent) {
         match event {
             BusEvent::Room { room, msg } => self.chat.hub.deliver_remote(&room, &msg),
-            BusEvent::Feed { event } => {
-                self.feed.publish(event);
+            BusEvent::Feed { event, id } => {
+                self.feed.publish_remote(event, id);
             }
         }
     }

@@ -94,7 +94,10 @@ impl Notifier {
             timestamp: now_ms(),
         };
         let event_id = self.feed.publish(event.clone());
-        self.chat.broker.publish(BusEvent::Feed { event });
+        self.chat.broker.publish(BusEvent::Feed {
+            event,
+            id: event_id,
+        });
         Ok(Published { id, event_id })
     }
 
