@@ -213,3 +213,48 @@ async fn next_note(sse: &mut support::Sse) -> (u64, serde_json::Value) {
         }
     }
 }
+
+#[tokio::test]
+async fn sigterm_drains_an_instance_and_metrics_count_what_happened() {
+    let redis = Redis::start().await;
+    let a = instance(&redis).await;
+    a.wait_ready(200).await;
+    let mut ada = Client::connect(&a, "Ada").await;
+    let mut amy = Client::connect(&a, "Amy").await;
+    ada.join("general").await;
+    amy.join("general").await;
+    for i in 0..3 {
+        ada.say("general", &format!("m{i}")).await;
+        assert_eq!(amy.recv_type("message").await["text"], format!("m{i}"));
+    }
+    // Two sockets opened; three messages, each delivered to both members.
+    let series = "pulse_connections_opened_total{transport=\"ws\"}";
+    assert_eq!(a.metric(series).await, 2.0);
+    assert_eq!(a.metric("pulse_messages_delivered_total").await, 6.0);
+    assert_eq!(
+        a.metric("pulse_messages_received_total").await,
+        5.0,
+        "2 joins + 3 messages"
+    );
+    assert_eq!(a.metric("pulse_rate_limited_total").await, 0.0);
+    // Published to Redis: two user-joined notices and three messages.
+    a.wait_metric("pulse_broker_publish_seconds_count", 5.0)
+        .await;
+
+    let mut feed = support::Sse::open(&a.url, None).await;
+    assert_eq!(feed.next_event().await.kind(), Some("connected"));
+    let started = std::time::Instant::now();
+    a.signal("TERM");
+    for c in [&mut ada, &mut amy] {
+        let frame = c.closed().await.expect("a close frame");
+        assert_eq!(u16::from(frame.code), 1001);
+    }
+    while feed.next().await.is_some() {}
+    let mut a = a;
+    let status = tokio::time::timeout(support::WAIT, a.child.wait())
+        .await
+        .expect("exits within the timeout")
+        .unwrap();
+    assert!(status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -122,6 +122,15 @@ test('rooms: presence, notices, switching, history and creating a room', async (
   await expect(bob.getByTestId('members').locator('li')).toHaveText(['Bob']);
   await expect(bob.locator('li.notice').last()).toContainText('Ada left');
   await say(ada, 'tech talk');
+  // Messages in #tech never show in #general: Ada comes back to #general and
+  // speaks; when that reaches Bob, the #tech message has not.
+  await ada.getByRole('button', { name: '#general' }).click();
+  await expect(ada.getByTestId('current-room')).toHaveText('#general');
+  await say(ada, 'back in general');
+  await expect(messages(bob).locator('.msg-text').last()).toHaveText('back in general');
+  await expect(messages(bob).locator('.msg-text')).not.toContainText(['tech talk']);
+  await ada.getByRole('button', { name: '#tech' }).click();
+  await expect(ada.getByTestId('current-room')).toHaveText('#tech');
   await bob.getByRole('button', { name: '#tech' }).click();
   await expect(messages(bob).locator('.msg-text')).toHaveText(['tech talk']);
   await expect(bob.getByTestId('members').locator('li')).toHaveText(['Ada', 'Bob']);

@@ -291,7 +291,15 @@ pub async fn events(
         Some(Err(())) => return bad_last_event_id(),
     };
 
-    let body = event_stream(&state, last_seen);
+    sse_response(event_stream(&state, last_seen))
+}
+
+/// A `text/event-stream` response over `body`, uncached and unbuffered by
+/// proxies (shared by every SSE endpoint).
+pub fn sse_response<S>(body: S) -> Response
+where
+    S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
     (
         [
             (

@@ -6,8 +6,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use futures::{stream, StreamExt};
 use tokio::sync::watch;
@@ -16,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::Stats;
 use crate::server::broker::Broker;
-use crate::server::feed::now_ms;
+use crate::server::feed::{now_ms, sse_response};
 use crate::server::metrics;
 
 /// How often the dashboard's figures are sampled.
@@ -88,19 +87,5 @@ pub async fn stream(State(state): State<StatsState>) -> Response {
         ))
     })
     .take_until(state.shutdown.cancelled_owned());
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            (
-                header::HeaderName::from_static("x-accel-buffering"),
-                HeaderValue::from_static("no"),
-            ),
-        ],
-        axum::body::Body::from_stream(frames),
-    )
-        .into_response()
+    sse_response(frames)
 }

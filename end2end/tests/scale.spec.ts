@@ -1,0 +1,48 @@
+import { test, expect, Page } from '@playwright/test';
+import { PulseServer } from './server';
+import { RedisServer } from './redis';
+
+let redis: RedisServer;
+let server: PulseServer;
+
+test.beforeEach(async () => {
+  redis = await RedisServer.start();
+  server = await PulseServer.start({
+    PULSE_JWT_SECRET: 'an end-to-end secret that is long enough!',
+    PULSE_REDIS_URL: redis.url,
+  });
+});
+
+test.afterEach(async () => {
+  await server.dispose();
+  await redis.stop();
+});
+
+const texts = (page: Page) => page.locator('[data-testid=messages] li.msg .msg-text');
+
+async function say(page: Page, text: string) {
+  await page.getByTestId('chat-input').fill(text);
+  await page.getByTestId('chat-input').press('Enter');
+  await expect(page.getByTestId('chat-input')).toHaveValue('');
+}
+
+test('with Redis: a page whose server is replaced reconnects and keeps chatting, history intact', async ({ page }) => {
+  await page.goto(server.url + '/chat');
+  await page.getByTestId('sign-in-name').fill('Dora');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page.getByTestId('chat-status')).toHaveText('Connected');
+  await say(page, 'kept in redis');
+
+  // The instance goes away and a new process takes its place: its memory is
+  // empty, so the history can only come from Redis.
+  await server.stop();
+  await expect(page.getByTestId('chat-status')).not.toHaveText('Connected');
+  await server.launch();
+  await expect(page.getByTestId('chat-status')).toHaveText('Connected', { timeout: 20_000 });
+
+  await page.reload();
+  await expect(page.getByTestId('chat-status')).toHaveText('Connected');
+  await expect(texts(page)).toHaveText(['kept in redis']);
+  await say(page, 'and chatting on');
+  await expect(texts(page)).toHaveText(['kept in redis', 'and chatting on']);
+});
