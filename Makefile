@@ -11,8 +11,10 @@ BIN     := target/release/pulse
 SOURCES := $(shell find src style public -type f) Cargo.toml Cargo.lock Leptos.toml
 # Marks a finished front-end build (WASM, JS, CSS, public/, precompressed).
 FRONT   := target/front.stamp
+# The load generator (bench/).
+BENCH   := bench/target/release/pulse-bench
 
-.PHONY: run dev release test lint e2e tools test-tools clean
+.PHONY: run dev release test lint e2e bench bench-bin tools test-tools clean
 
 ## run: install the tools, build the release binary, serve on http://127.0.0.1:3000
 run: tools $(BIN)
@@ -26,10 +28,20 @@ dev: tools
 release: tools $(BIN)
 	@ls -lh $(BIN)
 
-## test: formatting, clippy (server and client), Rust tests, Playwright in Chromium
+## test: formatting, clippy (server, client, load generator), Rust tests, Playwright in Chromium
 test: test-tools lint $(FRONT)
 	cargo test --release --features ssr
 	$(MAKE) --no-print-directory e2e
+	$(MAKE) --no-print-directory bench-bin
+
+## bench: load-test the release server (pinned to core 0; the load generator on core 1)
+bench: tools $(BIN) bench-bin
+	taskset -c 1 $(BENCH) $(abspath $(BIN))
+
+# The load generator is its own crate (own lock file and target dir); CI
+# builds it so that it cannot rot.
+bench-bin:
+	cargo build --release --manifest-path bench/Cargo.toml
 
 ## e2e: the Playwright suite against target/release/pulse (run from an empty directory)
 e2e:
@@ -37,8 +49,10 @@ e2e:
 
 lint:
 	cargo fmt --check
+	cargo fmt --check --manifest-path bench/Cargo.toml
 	cargo clippy --features ssr --all-targets -- -D warnings
 	cargo clippy --lib --target wasm32-unknown-unknown --features hydrate -- -D warnings
+	cargo clippy --release --manifest-path bench/Cargo.toml -- -D warnings
 
 tools:
 	@scripts/install-tools.sh

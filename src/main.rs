@@ -71,6 +71,14 @@ fn init_logging(format: LogFormat) {
 
 async fn run(settings: Settings) -> ExitCode {
     init_logging(settings.app.log_format);
+    // Every connection is a file descriptor: take all the kernel allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(
+            "open-file limit {limit}: room for about {} connections",
+            limit.saturating_sub(64)
+        ),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let metrics = match metrics::install() {
         Ok(handle) => Some(handle),
         Err(e) => {
