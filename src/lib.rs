@@ -5,12 +5,20 @@
 //!
 //! # Layout
 //!
-//! - [`protocol`]: the wire types shared by server and client (SSE feed events).
+//! - [`protocol`]: the wire types shared by server and client (feed, chat, stats).
 //! - [`app`]: the HTML shell, the app shell (navigation) and the routes.
-//! - [`pages`]: one component per page (`feed`: the live feed).
+//! - [`pages`]: one component per page (`feed`, `chat`, `rooms`, `dashboard`).
+//! - [`chat`]: the chat client shared by the Chat and Rooms pages (its
+//!   WebSocket is browser-only).
+//! - [`session`]: the sign-in server functions; [`time`], [`backoff`]: small
+//!   rules the pages share.
 //! - `server` (feature `ssr`): everything that only runs on the server:
 //!   - `server::config`: settings from the embedded `Leptos.toml`, `LEPTOS_*`/`PULSE_*` env and flags;
 //!   - `server::feed`: the one ticker, the bounded backlog and the SSE endpoint;
+//!   - `server::auth`: JWTs and the session cookie;
+//!   - `server::chat`: `GET /ws`, one task pair per socket, the rooms hub;
+//!   - `server::broker`: the Redis bus between instances;
+//!   - `server::notify`, `server::stats`: notifications, the dashboard stream;
 //!   - `server::assets`: the site (WASM, JS, CSS, public/) embedded into the binary;
 //!   - `server::metrics`: Prometheus figures;
 //!   - `server::shutdown`: the signal that ends streams and the server;
@@ -19,6 +27,7 @@
 //! - [`hydrate`] below: the client's entry point.
 
 pub mod app;
+pub mod backoff;
 pub mod chat;
 pub mod pages;
 pub mod protocol;

@@ -13,13 +13,10 @@ use wasm_bindgen::JsCast;
 use web_sys::{CloseEvent, Event, MessageEvent, WebSocket};
 
 use super::{ChatState, ConnStatus};
+use crate::backoff;
 use crate::protocol::{ClientMessage, ServerMessage, CLOSE_TOKEN_EXPIRED, WS_PATH};
 use crate::session::{current_session, renew_session};
 
-/// Longest wait between two connection attempts.
-const MAX_BACKOFF_MS: f64 = 10_000.0;
-/// First step of the backoff.
-const BASE_BACKOFF_MS: f64 = 500.0;
 /// Renew the session this long before it expires.
 const RENEW_BEFORE_S: u64 = 300;
 
@@ -198,7 +195,7 @@ fn connect(inner: &Rc<Inner>) {
         }
     });
     let weak = Rc::downgrade(inner);
-    let was_opened = opened.clone();
+    let was_opened = opened;
     let on_close: Listener = Closure::new(move |e: Event| {
         let Some(inner) = weak.upgrade() else { return };
         inner.open.borrow_mut().take();
@@ -240,8 +237,7 @@ fn schedule_reconnect(inner: &Rc<Inner>) {
     }
     let attempt = inner.attempts.get();
     inner.attempts.set(attempt.saturating_add(1));
-    let cap = (BASE_BACKOFF_MS * 2f64.powi(attempt.min(10) as i32)).min(MAX_BACKOFF_MS);
-    let delay = (js_sys::Math::random() * cap).max(100.0);
+    let delay = backoff::delay_ms(attempt, js_sys::Math::random()).max(100.0);
     let deadline = js_sys::Date::now() + delay;
 
     let status = inner.state.status;

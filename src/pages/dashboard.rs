@@ -62,16 +62,13 @@ fn Chart(title: &'static str, samples: RwSignal<Vec<Stats>>, series: Vec<Series>
     const W: f64 = 300.0;
     const H: f64 = 100.0;
     let readers: Vec<fn(&Stats) -> f64> = series.iter().map(|s| s.2).collect();
-    let peak = {
-        let readers = readers.clone();
-        Memo::new(move |_| {
-            samples.with(|s| {
-                s.iter()
-                    .flat_map(|x| readers.iter().map(move |r| r(x)))
-                    .fold(1.0_f64, f64::max)
-            })
+    let peak = Memo::new(move |_| {
+        samples.with(|s| {
+            s.iter()
+                .flat_map(|x| readers.iter().map(move |r| r(x)))
+                .fold(1.0_f64, f64::max)
         })
-    };
+    });
     let lines = series
         .into_iter()
         .map(|(label, class, read)| {

@@ -359,9 +359,6 @@ mod client {
     use super::Status;
     use crate::protocol::{FeedEvent, FEED_PATH, LAST_EVENT_ID_PARAM};
 
-    /// Longest wait between two reconnection attempts of our own.
-    const MAX_BACKOFF_MS: f64 = 10_000.0;
-
     type Listener = Closure<dyn FnMut(Event)>;
 
     /// An open EventSource with the callbacks it holds.
@@ -510,15 +507,14 @@ mod client {
         });
     }
 
-    /// Exponential backoff with full jitter, capped at [`MAX_BACKOFF_MS`].
+    /// Waits as [`crate::backoff`] says, then connects again.
     fn schedule_reconnect(inner: &Rc<Inner>) {
         if inner.closed.get() {
             return;
         }
         let attempt = inner.attempts.get();
         inner.attempts.set(attempt.saturating_add(1));
-        let cap = (500.0 * 2f64.powi(attempt.min(10) as i32)).min(MAX_BACKOFF_MS);
-        let delay = js_sys::Math::random() * cap;
+        let delay = crate::backoff::delay_ms(attempt, js_sys::Math::random());
         let weak = Rc::downgrade(inner);
         let handle = set_timeout_with_handle(
             move || {
