@@ -3,7 +3,7 @@
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Route, Router, Routes, A};
-use leptos_router::path;
+use leptos_router::{path, SsrMode};
 
 use crate::pages::chat::ChatPage;
 use crate::pages::dashboard::DashboardPage;
@@ -50,7 +50,10 @@ pub fn App() -> impl IntoView {
             </header>
             <main>
                 <Routes fallback=NotFound>
-                    <Route path=path!("/") view=FeedPage/>
+                    // Async: the HTML is sent once the latest events are in it, so
+                    // the feed is complete without JavaScript (streamed Suspense
+                    // content would need the script to be swapped in).
+                    <Route path=path!("/") view=FeedPage ssr=SsrMode::Async/>
                     <Route path=path!("/chat") view=ChatPage/>
                     <Route path=path!("/rooms") view=RoomsPage/>
                     <Route path=path!("/dashboard") view=DashboardPage/>
