@@ -5,7 +5,7 @@
 //! too, so a reader can tell which side was the limit.
 //!
 //! Usage: pulse-bench SERVER_BINARY [SCENARIO...]
-//! Scenarios: fanout, idle-ws, idle-sse, churn, front (default: all).
+//! Scenarios: fanout, floor, idle-ws, idle-sse, churn, front (default: all).
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -150,13 +150,149 @@ async fn join(ws: &mut Ws, room: &str) -> Res<()> {
     Err("closed before joined".into())
 }
 
+/// A bare WebSocket client for the fan-out subscribers: handshake and frame
+/// parsing by hand into one reused buffer, with no allocation or UTF-8 check
+/// per frame. With 1000 tungstenite clients the generator's own core was the
+/// limit (97 % CPU at 100 msg/s), which showed up as server latency.
+struct RawWs {
+    tcp: TcpStream,
+    /// Bytes read and not yet parsed.
+    buf: Vec<u8>,
+}
+
+/// A client frame: FIN, `opcode`, masked with the all-zero key (the mask is
+/// required of clients; a zero key leaves the payload as it is).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            f.push(0x80 | 126);
+            f.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend((n as u64).to_be_bytes());
+        }
+    }
+    f.extend([0u8; 4]);
+    f.extend(payload);
+    f
+}
+
+/// The opcode and payload range of the first complete (unmasked, server)
+/// frame in `buf`, and the frame's whole length.
+fn parse_frame(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>)> {
+    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+    let (len, head) = match b1 & 0x7f {
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    (buf.len() >= head + len).then_some((b0 & 0x0f, head..head + len))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl RawWs {
+    async fn connect(addr: &str, token: &str) -> Res<RawWs> {
+        let mut tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(8192);
+        loop {
+            if tcp.read_buf(&mut buf).await? == 0 {
+                return Err("closed during the handshake".into());
+            }
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                if !buf.starts_with(b"HTTP/1.1 101") {
+                    return Err(String::from_utf8_lossy(&buf[..end]).into_owned().into());
+                }
+                buf.drain(..end + 4);
+                return Ok(RawWs { tcp, buf });
+            }
+        }
+    }
+
+    async fn send_text(&mut self, text: &str) -> Res<()> {
+        self.tcp
+            .write_all(&client_frame(1, text.as_bytes()))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads frames, answering pings, and hands each text payload to
+    /// `on_text` until it returns true or the connection ends.
+    async fn read_texts(&mut self, mut on_text: impl FnMut(&[u8]) -> bool) -> Res<()> {
+        loop {
+            let mut used = 0;
+            let mut done = false;
+            while let Some((opcode, payload)) = parse_frame(&self.buf[used..]) {
+                let frame_len = payload.end;
+                let payload = used + payload.start..used + payload.end;
+                match opcode {
+                    1 => done = on_text(&self.buf[payload]),
+                    8 => return Ok(()),
+                    9 => {
+                        let pong = client_frame(10, &self.buf[payload]);
+                        self.tcp.write_all(&pong).await?;
+                    }
+                    _ => {}
+                }
+                used += frame_len;
+                if done {
+                    break;
+                }
+            }
+            self.buf.drain(..used);
+            if done {
+                return Ok(());
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(8192);
+            }
+            if self.tcp.read_buf(&mut self.buf).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn join(&mut self, room: &str) -> Res<()> {
+        self.send_text(&format!(r#"{{"type":"join","room":"{room}"}}"#))
+            .await?;
+        let mut joined = false;
+        self.read_texts(|t| {
+            joined = find(t, br#""type":"joined""#).is_some();
+            joined
+        })
+        .await?;
+        if joined {
+            Ok(())
+        } else {
+            Err("closed before joined".into())
+        }
+    }
+}
+
 /// The `text` of a message frame: "seq ts-µs padding".
-fn parse_text(frame: &str) -> Option<(u64, u64)> {
-    let start = frame.find(r#""text":""#)? + 8;
-    let mut parts = frame[start..].split(' ');
-    let seq = parts.next()?.parse().ok()?;
-    let ts = parts.next()?.parse().ok()?;
-    Some((seq, ts))
+fn parse_text(frame: &[u8]) -> Option<(u64, u64)> {
+    let start = find(frame, br#""text":""#)? + 8;
+    let mut parts = frame[start..].split(|&b| b == b' ');
+    let number = |s: &[u8]| std::str::from_utf8(s).ok()?.parse().ok();
+    Some((number(parts.next()?)?, number(parts.next()?)?))
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
@@ -177,11 +313,8 @@ async fn fanout(bin: &str) -> Res<()> {
     for _ in 0..SUBS {
         let (s, t) = (server.addr.clone(), token.clone());
         connecting.push(tokio::spawn(async move {
-            let mut req = format!("ws://{s}/ws").into_client_request()?;
-            req.headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse()?);
-            let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
-            join(&mut ws, "bench").await?;
+            let mut ws = RawWs::connect(&s, &t).await?;
+            ws.join("bench").await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(ws)
         }));
     }
@@ -197,21 +330,22 @@ async fn fanout(bin: &str) -> Res<()> {
     let mut records = Vec::new();
     let mut readers = Vec::new();
     for mut ws in subs {
-        let mine = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
+        let mine = Arc::new(Mutex::new(Vec::<(u64, u64)>::with_capacity(4096)));
         records.push(mine.clone());
         let delivered = delivered.clone();
         readers.push(tokio::spawn(async move {
-            while let Some(Ok(msg)) = ws.next().await {
-                if let Message::Text(t) = msg {
-                    if let Some((seq, ts)) = parse_text(&t) {
+            let _ = ws
+                .read_texts(|t| {
+                    if let Some((seq, ts)) = parse_text(t) {
                         let latency = now_us().saturating_sub(ts);
                         if let Ok(mut m) = mine.lock() {
                             m.push((seq, latency));
                         }
                         delivered.fetch_add(1, Ordering::Relaxed);
                     }
-                }
-            }
+                    false
+                })
+                .await;
         }));
     }
 
@@ -227,7 +361,7 @@ async fn fanout(bin: &str) -> Res<()> {
         "msg/s", "deliv/s", "loss", "dups", "p50 ms", "p99 ms", "max ms", "srv µs/dl", "gen cpu %"
     );
     let mut seq = 0u64;
-    for rate in [20u64, 50, 100, 200] {
+    for rate in FLOOR_RATES {
         let first_seq = seq;
         let before_srv = server.usage().0;
         let before_gen = self_cpu_us();
@@ -288,6 +422,102 @@ async fn fanout(bin: &str) -> Res<()> {
     server.stop().await;
     for r in readers {
         r.abort();
+    }
+    Ok(())
+}
+
+/// Size of the frame each fan-out subscriber receives: a `message` event
+/// carrying the 64-byte text, its id, user, room and time.
+const FLOOR_FRAME_BYTES: usize = 200;
+/// The fan-out rates (messages a second into the room), shared with `floor`.
+const FLOOR_RATES: [u64; 4] = [20, 50, 100, 200];
+
+/// The floor under the fan-out figures: what one `send()` per delivery costs
+/// this machine's kernel, with no WebSocket and no pulse in the way. A child
+/// (on the server's core) writes `FLOOR_FRAME_BYTES` to each of 1000 loopback
+/// sockets at the fan-out rates; this process (on the load generator's core)
+/// reads them the way the subscribers do. Loopback delivery runs the
+/// receiver's TCP stack and its wake-up on the sender's core, so this is the
+/// least CPU per delivery any server can show in the fan-out table here.
+async fn floor() -> Res<()> {
+    const SOCKETS: usize = 1000;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let exe = std::env::current_exe()?;
+    let mut cmd = if std::env::var_os("PULSE_BENCH_NO_PIN").is_some() {
+        Command::new(&exe)
+    } else {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(&exe);
+        c
+    };
+    let child = cmd
+        .args(["--floor-sender", &addr])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut readers = Vec::with_capacity(SOCKETS);
+    for _ in 0..SOCKETS {
+        let (mut tcp, _) = listener.accept().await?;
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = tcp.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }));
+    }
+    let out = child.wait_with_output().await?;
+    for r in readers {
+        r.abort();
+    }
+    let report = String::from_utf8(out.stdout)?;
+    println!(
+        "loopback floor (one plain send() of {FLOOR_FRAME_BYTES} B per delivery to {SOCKETS} sockets, \
+         no WebSocket, no pulse):"
+    );
+    println!("{:>6} {:>10} {:>14}", "msg/s", "deliv/s", "sender µs/dl");
+    for line in report.lines() {
+        let mut f = line.split_whitespace();
+        if let (Some(rate), Some(us)) = (f.next(), f.next()) {
+            println!(
+                "{rate:>6} {:>10} {us:>14}",
+                rate.parse::<u64>().unwrap_or(0) * 1000
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The sending half of `floor`, run as a child process pinned to core 0:
+/// prints "rate µs-per-send" for each rate.
+fn floor_sender(addr: &str) -> Res<()> {
+    use std::io::Write;
+    let mut sockets = (0..1000)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(addr)?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let frame = [b'x'; FLOOR_FRAME_BYTES];
+    for rate in FLOOR_RATES {
+        let before = self_cpu_us();
+        let t0 = Instant::now();
+        let ticks = rate * 5;
+        for k in 0..ticks {
+            let due = t0 + Duration::from_micros(k * 1_000_000 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            for s in &mut sockets {
+                s.write_all(&frame)?;
+            }
+        }
+        let sends = ticks * sockets.len() as u64;
+        let us = (self_cpu_us() - before) as f64 / sends as f64;
+        println!("{rate} {us:.2}");
     }
     Ok(())
 }
@@ -447,7 +677,7 @@ async fn churn(bin: &str) -> Res<()> {
     Ok(())
 }
 
-fn front() {
+async fn front(bin: &str) -> Res<()> {
     let pkg = std::path::Path::new("target/site/pkg");
     let size = |name: &str| {
         std::fs::metadata(pkg.join(name))
@@ -464,28 +694,71 @@ fn front() {
         js_br as f64 / 1000.0,
         (wasm_br + js_br) as f64 / 1000.0
     );
+
+    // Timings in headless Chromium, through the Playwright that `make test`
+    // installs in end2end/.
+    if !std::path::Path::new("end2end/node_modules/@playwright/test").exists() {
+        println!("front: timings skipped (run `make test` once to install Playwright)");
+        return Ok(());
+    }
+    let server = Server::start(bin).await?;
+    let out = Command::new("node")
+        .args([
+            "end2end/bench-front.mjs",
+            &format!("http://{}/", server.addr),
+            "9",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .await?;
+    server.stop().await;
+    let json = String::from_utf8(out.stdout)?;
+    let field = |key: &str| -> f64 {
+        json.split_once(&format!("\"{key}\":"))
+            .and_then(|(_, rest)| rest.split([',', '}']).next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "front (Chromium, median of {}): {} rows in the HTML; first paint with rows {:.0} ms; \
+         hydrated {:.0} ms; stream Live {:.0} ms after hydration; first pushed update {:.0} ms \
+         after hydration; publish → on screen {:.0} ms",
+        field("runs"),
+        field("rowsInHtml"),
+        field("firstRows"),
+        field("hydrated"),
+        field("live"),
+        field("firstUpdate"),
+        field("latency"),
+    );
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Res<()> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let mut args = std::env::args().skip(1);
+    if std::env::args().nth(1).as_deref() == Some("--floor-sender") {
+        let addr = std::env::args().nth(2).ok_or("--floor-sender ADDR")?;
+        return floor_sender(&addr);
+    }
     let bin = args
         .next()
         .ok_or("usage: pulse-bench SERVER_BINARY [SCENARIO...]")?;
     let mut scenarios: Vec<String> = args.collect();
     if scenarios.is_empty() {
-        scenarios = ["fanout", "idle-ws", "idle-sse", "churn", "front"]
+        scenarios = ["fanout", "floor", "idle-ws", "idle-sse", "churn", "front"]
             .map(String::from)
             .to_vec();
     }
     for s in scenarios {
         match s.as_str() {
             "fanout" => fanout(&bin).await?,
+            "floor" => floor().await?,
             "idle-ws" => idle_ws(&bin).await?,
             "idle-sse" => idle_sse(&bin).await?,
             "churn" => churn(&bin).await?,
-            "front" => front(),
+            "front" => front(&bin).await?,
             other => return Err(format!("unknown scenario {other}").into()),
         }
     }
