@@ -43,4 +43,9 @@ pub mod server;
 pub fn hydrate() {
     console_error_panic_hook::set_once();
     leptos::mount::hydrate_body(app::App);
+    // A User Timing mark, so real-user monitoring (and `make bench`) can
+    // tell when the page became interactive.
+    if let Some(performance) = web_sys::window().and_then(|w| w.performance()) {
+        let _ = performance.mark("pulse:hydrated");
+    }
 }
