@@ -53,9 +53,22 @@ async fn serve(socket: WebSocket, chat: Arc<Chat>, id: ConnId, claims: Claims) {
 
     let writer = tokio::spawn(
         async move {
-            while let Some(frame) = queue.recv().await {
-                let closing = matches!(frame, Message::Close(_));
-                if sink.send(frame).await.is_err() || closing {
+            // Whatever queued up while the last write was in flight goes out
+            // in one write (`feed` buffers up to the write buffer size,
+            // `flush` sends): one syscall for a burst instead of one a frame.
+            'write: while let Some(frame) = queue.recv().await {
+                let mut closing = matches!(frame, Message::Close(_));
+                if sink.feed(frame).await.is_err() {
+                    break;
+                }
+                while !closing {
+                    let Ok(frame) = queue.try_recv() else { break };
+                    closing = matches!(frame, Message::Close(_));
+                    if sink.feed(frame).await.is_err() {
+                        break 'write;
+                    }
+                }
+                if sink.flush().await.is_err() || closing {
                     break;
                 }
             }
@@ -178,8 +191,10 @@ async fn handle(
                 return;
             }
             // With several instances, history and members come from Redis.
+            // Boxed: the Redis round trip's state is large, and inline it
+            // would be part of every idle connection's task for its lifetime.
             let shared = if chat.broker.is_redis() && crate::protocol::is_valid_room(&room) {
-                chat.broker.room_snapshot(&room).await
+                Box::pin(chat.broker.room_snapshot(&room)).await
             } else {
                 None
             };

@@ -29,6 +29,10 @@ use crate::server::config::AppSettings;
 use crate::server::metrics;
 use hub::Hub;
 
+/// How many bytes of frames a connection's writer gathers before it must
+/// write (it also writes whenever its queue runs dry).
+const WRITE_BATCH_BYTES: usize = 16 * 1024;
+
 /// Everything the WebSocket endpoint needs, shared by all connections.
 pub struct Chat {
     /// The rooms.
@@ -172,11 +176,15 @@ pub async fn upgrade(
     let id = chat.next_id.fetch_add(1, Ordering::Relaxed);
     // Frames up to 16 KiB are read; anything larger is refused by the codec
     // (and the connection closed with 1009). Buffers are sized for chat frames,
-    // not tungstenite's 128 KiB defaults: idle sockets stay small.
+    // not tungstenite's 128 KiB defaults: idle sockets stay small (the read
+    // buffer grows for a larger frame and is the largest part of an idle
+    // connection; 1 KiB holds any ordinary chat frame). Frames the
+    // writer feeds are held up to WRITE_BATCH_BYTES and sent by one flush; the
+    // buffer only grows that far for a client that has a burst queued.
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .read_buffer_size(1024)
+        .write_buffer_size(WRITE_BATCH_BYTES)
         .on_upgrade(move |socket| connection::run(socket, chat, id, claims))
 }
 
