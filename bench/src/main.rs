@@ -62,19 +62,25 @@ fn self_cpu_us() -> u64 {
     proc_usage(std::process::id()).0
 }
 
+/// A command for `program` pinned to core 0, the server's (unless
+/// `PULSE_BENCH_NO_PIN` is set, e.g. under heaptrack).
+fn on_server_core(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if std::env::var_os("PULSE_BENCH_NO_PIN").is_some() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(program);
+        c
+    }
+}
+
 impl Server {
     async fn start(bin: &str) -> Res<Server> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let mut cmd = if std::env::var_os("PULSE_BENCH_NO_PIN").is_some() {
-            Command::new(bin)
-        } else {
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0", bin]);
-            c
-        };
+        let mut cmd = on_server_core(bin);
         cmd.env("LEPTOS_SITE_ADDR", &addr)
             .env("PULSE_JWT_SECRET", SECRET)
             .env("PULSE_RATE_LIMIT_PER_MIN", "100000000")
@@ -304,13 +310,12 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
 }
 
 async fn fanout(bin: &str) -> Res<()> {
-    const SUBS: usize = 1000;
     let server = Server::start(bin).await?;
     let token = server.token("subscriber").await?;
     let started = Instant::now();
-    let mut subs = Vec::with_capacity(SUBS);
+    let mut subs = Vec::with_capacity(SUBSCRIBERS);
     let mut connecting = Vec::new();
-    for _ in 0..SUBS {
+    for _ in 0..SUBSCRIBERS {
         let (s, t) = (server.addr.clone(), token.clone());
         connecting.push(tokio::spawn(async move {
             let mut ws = RawWs::connect(&s, &t).await?;
@@ -322,7 +327,7 @@ async fn fanout(bin: &str) -> Res<()> {
         subs.push(c.await??);
     }
     let connect_join = started.elapsed();
-    println!("fan-out: connect + join of {SUBS} subscribers: {connect_join:.2?}");
+    println!("fan-out: connect + join of {SUBSCRIBERS} subscribers: {connect_join:.2?}");
 
     // Each subscriber records (seq, latency µs) of what it receives, in its
     // own (uncontended) list.
@@ -381,7 +386,7 @@ async fn fanout(bin: &str) -> Res<()> {
             seq += 1;
         }
         // Let the last deliveries land (bounded).
-        let expected = sends * SUBS as u64;
+        let expected = sends * SUBSCRIBERS as u64;
         let deadline = Instant::now() + Duration::from_secs(5);
         while delivered.load(Ordering::Relaxed) - before_dl < expected && Instant::now() < deadline
         {
@@ -431,6 +436,8 @@ async fn fanout(bin: &str) -> Res<()> {
 const FLOOR_FRAME_BYTES: usize = 200;
 /// The fan-out rates (messages a second into the room), shared with `floor`.
 const FLOOR_RATES: [u64; 4] = [20, 50, 100, 200];
+/// Fan-out subscribers, and the sockets the floor writes to.
+const SUBSCRIBERS: usize = 1000;
 
 /// The floor under the fan-out figures: what one `send()` per delivery costs
 /// this machine's kernel, with no WebSocket and no pulse in the way. A child
@@ -440,24 +447,16 @@ const FLOOR_RATES: [u64; 4] = [20, 50, 100, 200];
 /// receiver's TCP stack and its wake-up on the sender's core, so this is the
 /// least CPU per delivery any server can show in the fan-out table here.
 async fn floor() -> Res<()> {
-    const SOCKETS: usize = 1000;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let exe = std::env::current_exe()?;
-    let mut cmd = if std::env::var_os("PULSE_BENCH_NO_PIN").is_some() {
-        Command::new(&exe)
-    } else {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(&exe);
-        c
-    };
-    let child = cmd
+    let child = on_server_core(exe)
         .args(["--floor-sender", &addr])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    let mut readers = Vec::with_capacity(SOCKETS);
-    for _ in 0..SOCKETS {
+    let mut readers = Vec::with_capacity(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
         let (mut tcp, _) = listener.accept().await?;
         readers.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
@@ -474,7 +473,7 @@ async fn floor() -> Res<()> {
     }
     let report = String::from_utf8(out.stdout)?;
     println!(
-        "loopback floor (one plain send() of {FLOOR_FRAME_BYTES} B per delivery to {SOCKETS} sockets, \
+        "loopback floor (one plain send() of {FLOOR_FRAME_BYTES} B per delivery to {SUBSCRIBERS} sockets, \
          no WebSocket, no pulse):"
     );
     println!("{:>6} {:>10} {:>14}", "msg/s", "deliv/s", "sender µs/dl");
@@ -494,7 +493,7 @@ async fn floor() -> Res<()> {
 /// prints "rate µs-per-send" for each rate.
 fn floor_sender(addr: &str) -> Res<()> {
     use std::io::Write;
-    let mut sockets = (0..1000)
+    let mut sockets = (0..SUBSCRIBERS)
         .map(|_| {
             let s = std::net::TcpStream::connect(addr)?;
             s.set_nodelay(true)?;
