@@ -22,7 +22,9 @@
 //!   - `server::assets`: the site (WASM, JS, CSS, public/) embedded into the binary;
 //!   - `server::metrics`: Prometheus figures;
 //!   - `server::shutdown`: the signal that ends streams and the server;
-//!   - `server::http`: the router that ties them together and `serve`.
+//!   - `server::http`: the router that ties them together and `serve`;
+//!   - `server::listener`: the accept loop, which serves feed streams straight
+//!     on their sockets and hands every other connection to axum.
 //! - `main.rs`: the server binary's entry (command line, logging, start).
 //! - [`hydrate`] below: the client's entry point.
 

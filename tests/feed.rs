@@ -226,3 +226,149 @@ async fn sigterm_ends_open_streams_and_exits_promptly() {
         start.elapsed()
     );
 }
+
+/// A feed stream read byte by byte off a plain TCP socket, to see exactly
+/// what goes on the wire.
+struct RawStream {
+    tcp: tokio::net::TcpStream,
+    /// Bytes read and not yet parsed.
+    buf: Vec<u8>,
+}
+
+impl RawStream {
+    /// Sends `head` and reads the response head; returns it (lowercased).
+    async fn open(server: &Server, head: &str) -> (RawStream, String) {
+        use tokio::io::AsyncWriteExt;
+        let addr = server.url.trim_start_matches("http://");
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut raw = RawStream {
+            tcp,
+            buf: Vec::new(),
+        };
+        let end = loop {
+            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(
+                raw.fill().await,
+                "connection closed before the response head"
+            );
+        };
+        let response = String::from_utf8(raw.buf.drain(..end).collect()).unwrap();
+        (raw, response.to_ascii_lowercase())
+    }
+
+    /// Reads more; false at the end of the connection.
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk))
+            .await
+            .expect("server silent")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// The next chunk of the chunked body (empty for the last one), checking
+    /// its framing; `None` if the connection ends first.
+    async fn next_chunk(&mut self) -> Option<String> {
+        loop {
+            if let Some(line_end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let size = std::str::from_utf8(&self.buf[..line_end]).unwrap();
+                let size = usize::from_str_radix(size, 16).expect("a chunk size line");
+                let total = line_end + 2 + size + 2;
+                if self.buf.len() >= total {
+                    assert_eq!(&self.buf[total - 2..total], b"\r\n", "chunk ends with CRLF");
+                    let data = self.buf[line_end + 2..total - 2].to_vec();
+                    self.buf.drain(..total);
+                    return Some(String::from_utf8(data).unwrap());
+                }
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+}
+
+const FEED_HEAD: &str = "GET /api/events HTTP/1.1\r\nHost: pulse\r\nAccept: text/event-stream\r\n";
+
+#[tokio::test]
+async fn on_the_wire_a_stream_is_plain_chunked_http_that_ends_cleanly_at_shutdown() {
+    let server = Server::start(FAST).await;
+    let (mut raw, head) = RawStream::open(&server, &format!("{FEED_HEAD}\r\n")).await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    for line in [
+        "content-type: text/event-stream\r\n",
+        "cache-control: no-cache\r\n",
+        "x-accel-buffering: no\r\n",
+        "transfer-encoding: chunked\r\n",
+        "date: ",
+    ] {
+        assert!(head.contains(line), "{line:?} in {head}");
+    }
+    // Every SSE frame is one chunk.
+    assert_eq!(raw.next_chunk().await.unwrap(), "retry: 2000\n\n");
+    assert!(raw
+        .next_chunk()
+        .await
+        .unwrap()
+        .contains(r#""type":"connected""#));
+    let update = raw.next_chunk().await.unwrap();
+    assert!(update.starts_with("id: ") && update.contains(r#""type":"update""#));
+
+    server.signal("TERM");
+    loop {
+        match raw.next_chunk().await {
+            Some(chunk) if chunk.is_empty() => break,
+            Some(_) => continue,
+            None => panic!("the body ended without its last chunk"),
+        }
+    }
+    assert!(!raw.fill().await, "the server closes after the last chunk");
+}
+
+#[tokio::test]
+async fn a_feed_request_with_a_large_head_streams_the_same() {
+    // A head over 4 KiB (many cookies) is answered by axum rather than taken
+    // off the socket directly: the client cannot tell.
+    let server = Server::start(FAST).await;
+    let cookie = format!("Cookie: big={}\r\n", "x".repeat(6000));
+    let (mut raw, head) = RawStream::open(&server, &format!("{FEED_HEAD}{cookie}\r\n")).await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(
+        head.contains("content-type: text/event-stream\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert_eq!(raw.next_chunk().await.unwrap(), "retry: 2000\n\n");
+    assert!(raw
+        .next_chunk()
+        .await
+        .unwrap()
+        .contains(r#""type":"connected""#));
+    assert!(raw
+        .next_chunk()
+        .await
+        .unwrap()
+        .contains(r#""type":"update""#));
+}
+
+#[tokio::test]
+async fn a_client_that_sends_more_after_its_feed_request_is_closed_and_forgotten() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(FAST).await;
+    let sse = "pulse_open_connections{transport=\"sse\"}";
+    let (mut raw, _) = RawStream::open(&server, &format!("{FEED_HEAD}\r\n")).await;
+    raw.next_chunk().await.unwrap();
+    server.wait_metric(sse, 1.0).await;
+    // Nothing may follow a request whose response never ends.
+    raw.tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    while raw.fill().await {}
+    server.wait_metric(sse, 0.0).await;
+    // Others are not affected.
+    let mut other = Sse::open(&server.url, None).await;
+    other.next_update().await;
+}

@@ -1,9 +1,16 @@
 //! The live feed: one ticker per server, a bounded backlog for clients that
 //! resume, and the Server-Sent-Events endpoint that streams it.
 //!
-//! Every event is encoded once, as the complete SSE frame, when it is
-//! published; subscribers share those bytes (a [`Bytes`] clone is a reference
-//! count), so the cost of a delivery does not grow with the event's size.
+//! Every event is encoded once, as the complete SSE frame inside an HTTP/1.1
+//! chunk, when it is published; subscribers share those bytes (a [`Bytes`]
+//! clone is a reference count), so the cost of a delivery does not grow with
+//! the event's size.
+//!
+//! A stream leaves one of two ways. Most are written straight to their socket
+//! by [`serve_socket`] (the listener hands it well-formed feed requests; see
+//! [`crate::server::listener`]), which writes each shared chunk with one
+//! `write`. The rest go through axum and hyper ([`events`]), which get the
+//! bare frame and chunk it themselves.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -13,9 +20,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::{stream, Stream, StreamExt};
 use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio::time::{interval, interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -37,13 +46,43 @@ fn time_id() -> u64 {
     now_ms().saturating_mul(1000)
 }
 
+/// An SSE frame encoded once for both ways a stream leaves: as the HTTP/1.1
+/// chunk `{len:x}\r\n{frame}\r\n`, which [`serve_socket`] writes as it is, and
+/// as the bare frame inside it, which hyper chunks itself.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    /// The whole chunk.
+    chunk: Bytes,
+    /// Where the frame starts in `chunk` (after the size line).
+    start: usize,
+}
+
+impl Encoded {
+    fn new(frame: &str) -> Self {
+        let size_line = format!("{:x}\r\n", frame.len());
+        let mut chunk = BytesMut::with_capacity(size_line.len() + frame.len() + 2);
+        chunk.put_slice(size_line.as_bytes());
+        chunk.put_slice(frame.as_bytes());
+        chunk.put_slice(b"\r\n");
+        Encoded {
+            chunk: chunk.freeze(),
+            start: size_line.len(),
+        }
+    }
+
+    /// The SSE frame alone (a view of the same bytes).
+    fn frame(&self) -> Bytes {
+        self.chunk.slice(self.start..self.chunk.len() - 2)
+    }
+}
+
 /// One frame on the broadcast channel, already encoded for the wire.
 #[derive(Clone, Debug)]
 struct Frame {
     /// The event's id; `None` for frames that are not events (keep-alives).
     id: Option<u64>,
     /// The complete SSE frame (`id:` + `data:` lines, or a comment).
-    bytes: Bytes,
+    bytes: Encoded,
 }
 
 /// An event kept in the backlog.
@@ -86,13 +125,13 @@ pub struct Feed {
     /// Fan-out of live frames to every open stream.
     live: broadcast::Sender<Frame>,
     /// The `retry:` hint every stream starts with.
-    retry: Bytes,
+    retry: Encoded,
 }
 
 /// What a new stream gets: the frames to replay, then the live channel.
 pub struct Subscription {
     /// Frames to send before any live one (a `gap` and/or missed events).
-    replay: Vec<Bytes>,
+    replay: Vec<Encoded>,
     /// The live channel, subscribed at the moment the backlog was read.
     live: broadcast::Receiver<Frame>,
     /// Id of the newest event the subscriber has (or is about to be) sent.
@@ -119,7 +158,7 @@ impl Feed {
                 capacity,
             }),
             live,
-            retry: Bytes::from(format!("retry: {}\n\n", retry.as_millis())),
+            retry: Encoded::new(&format!("retry: {}\n\n", retry.as_millis())),
         }
     }
 
@@ -146,7 +185,7 @@ impl Feed {
         backlog.last_id = id;
         let frame = Frame {
             id: Some(id),
-            bytes: Bytes::from(format!("id: {id}\ndata: {}\n\n", encode(&event))),
+            bytes: Encoded::new(&format!("id: {id}\ndata: {}\n\n", encode(&event))),
         };
         if backlog.events.len() == backlog.capacity {
             if let Some(gone) = backlog.events.pop_front() {
@@ -167,7 +206,7 @@ impl Feed {
     pub fn keep_alive(&self) {
         let _ = self.live.send(Frame {
             id: None,
-            bytes: Bytes::from_static(b": keep-alive\n\n"),
+            bytes: Encoded::new(": keep-alive\n\n"),
         });
     }
 
@@ -182,7 +221,7 @@ impl Feed {
         if let Some(last) = last_seen {
             // Some events after `last` may be unknown here: say so first.
             if last < backlog.lost_up_to {
-                replay.push(Bytes::from(format!(
+                replay.push(Encoded::new(&format!(
                     "data: {}\n\n",
                     encode(&FeedEvent::Gap)
                 )));
@@ -257,7 +296,7 @@ pub async fn run_ticker(
 pub struct EventsQuery {
     /// Resume point for a first connection (the header wins when both are set).
     #[serde(rename = "lastEventId")]
-    last_event_id: Option<String>,
+    pub last_event_id: Option<String>,
 }
 
 /// What the SSE handler needs.
@@ -269,60 +308,80 @@ pub struct FeedState {
     pub shutdown: CancellationToken,
 }
 
-/// `GET /api/events`: the live feed as `text/event-stream`.
+/// A feed request's resume point is not an event id.
+#[derive(Debug, PartialEq)]
+pub struct BadLastEventId;
+
+impl IntoResponse for BadLastEventId {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Last-Event-ID (or ?{LAST_EVENT_ID_PARAM}=) must be an event id: a whole number"
+            ),
+        )
+            .into_response()
+    }
+}
+
+/// The resume point of a feed request, from its `Last-Event-ID` header or
+/// its `lastEventId` query parameter.
+///
+/// Browsers send `Last-Event-ID` on their own reconnects, and it is always
+/// newer than the query parameter of the stream's first URL, so it wins.
+pub fn last_seen(
+    header: Option<&[u8]>,
+    query: Option<&str>,
+) -> Result<Option<u64>, BadLastEventId> {
+    let raw = match header {
+        Some(value) => std::str::from_utf8(value).map_err(|_| BadLastEventId)?,
+        None => match query {
+            Some(value) => value,
+            None => return Ok(None),
+        },
+    };
+    match raw.trim() {
+        "" => Ok(None),
+        id => id.parse().map(Some).map_err(|_| BadLastEventId),
+    }
+}
+
+/// `GET /api/events` through axum: the live feed as `text/event-stream`.
+/// (Most feed requests never get here: see [`serve_socket`].)
 pub async fn events(
     State(state): State<FeedState>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Response {
-    // Browsers send `Last-Event-ID` on their own reconnects, and it is always
-    // newer than the query parameter of the stream's first URL.
-    let raw = headers
-        .get("last-event-id")
-        .map(|v| v.to_str().map(str::to_owned).map_err(|_| ()))
-        .or_else(|| query.last_event_id.map(Ok));
-    let last_seen = match raw {
-        None => None,
-        Some(Ok(s)) if s.trim().is_empty() => None,
-        Some(Ok(s)) => match s.trim().parse::<u64>() {
-            Ok(id) => Some(id),
-            Err(_) => return bad_last_event_id(),
-        },
-        Some(Err(())) => return bad_last_event_id(),
-    };
-
-    sse_response(event_stream(&state, last_seen))
+    let header = headers.get("last-event-id").map(HeaderValue::as_bytes);
+    match last_seen(header, query.last_event_id.as_deref()) {
+        Ok(last_seen) => sse_response(event_stream(&state, last_seen)),
+        Err(bad) => bad.into_response(),
+    }
 }
 
-/// A `text/event-stream` response over `body`, uncached and unbuffered by
-/// proxies (shared by every SSE endpoint).
+/// The headers of every `text/event-stream` response: uncached, and not
+/// buffered by proxies.
+const SSE_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+];
+
+/// A `text/event-stream` response over `body` (shared by every SSE endpoint
+/// served through axum).
 pub fn sse_response<S>(body: S) -> Response
 where
     S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
 {
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            (
-                header::HeaderName::from_static("x-accel-buffering"),
-                HeaderValue::from_static("no"),
-            ),
-        ],
-        axum::body::Body::from_stream(body),
-    )
-        .into_response()
-}
-
-fn bad_last_event_id() -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        format!("Last-Event-ID (or ?{LAST_EVENT_ID_PARAM}=) must be an event id: a whole number"),
-    )
-        .into_response()
+    let mut res = axum::body::Body::from_stream(body).into_response();
+    for (name, value) in SSE_HEADERS {
+        res.headers_mut().insert(
+            header::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    res
 }
 
 /// State of one stream's live part.
@@ -332,37 +391,32 @@ struct Live {
     /// Newest event id sent, to drop anything older after a resubscription.
     last_id: u64,
     /// Frames to send before reading the channel again (after a lag).
-    pending: VecDeque<Bytes>,
+    pending: VecDeque<Encoded>,
     /// To resubscribe after falling behind the channel.
     feed: Arc<Feed>,
     /// Keeps the stream counted until the client goes away.
     _open: metrics::OpenConnection,
 }
 
-/// The body of one SSE response: `retry:`, `connected`, the replay, then live
-/// frames until the client goes away or the server shuts down. Dropping it (as
-/// hyper does when the client disconnects) frees everything it holds.
-fn event_stream(
-    state: &FeedState,
-    last_seen: Option<u64>,
-) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+/// Opens a stream: the frames it starts with (`retry:`, `connected`, then
+/// the replay) and its live part.
+fn open(state: &FeedState, last_seen: Option<u64>) -> (Vec<Encoded>, Live) {
     let open = metrics::OpenConnection::new(metrics::Transport::Sse);
     let Subscription {
         replay,
         live,
         last_id,
     } = state.feed.subscribe(last_seen);
-    let connected = Bytes::from(format!(
+    let connected = Encoded::new(&format!(
         "data: {}\n\n",
         encode(&FeedEvent::Connected {
             timestamp: now_ms()
         })
     ));
-    let head = [state.feed.retry.clone(), connected]
-        .into_iter()
-        .chain(replay)
-        .map(Ok);
-
+    let mut head = Vec::with_capacity(2 + replay.len());
+    head.push(state.feed.retry.clone());
+    head.push(connected);
+    head.extend(replay);
     let live = Live {
         rx: live,
         last_id,
@@ -370,20 +424,106 @@ fn event_stream(
         feed: state.feed.clone(),
         _open: open,
     };
-    let tail = stream::unfold(live, |mut live| async move {
-        let bytes = next_frame(&mut live).await?;
-        Some((Ok(bytes), live))
-    });
+    (head, live)
+}
 
+/// The body of one SSE response served by hyper: the opening frames, then
+/// live frames until the client goes away or the server shuts down. Dropping
+/// it (as hyper does when the client disconnects) frees everything it holds.
+fn event_stream(
+    state: &FeedState,
+    last_seen: Option<u64>,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    let (head, live) = open(state, last_seen);
+    let head = head.into_iter().map(|f| Ok(f.frame()));
+    let tail = stream::unfold(live, |mut live| async move {
+        let frame = next_frame(&mut live).await?;
+        Some((Ok(frame.frame()), live))
+    });
     stream::iter(head)
         .chain(tail)
         .take_until(state.shutdown.clone().cancelled_owned())
 }
 
-async fn next_frame(live: &mut Live) -> Option<Bytes> {
+/// Serves one feed stream straight on its socket, once the listener has read
+/// a well-formed `GET /api/events` head off it (and nothing else).
+///
+/// This is the same stream [`events`] gives, without an HTTP connection
+/// object: hyper keeps a read buffer (8-16 KiB) and a write buffer (8 KiB)
+/// for a connection's whole life, which for a response that never ends is
+/// most of what an idle stream costs. Here a stream holds its socket, its
+/// channel receiver and nothing else between events, and each frame leaves
+/// as one `write` of the shared chunk.
+///
+/// The stream ends when the client closes its side or sends anything more
+/// (nothing may follow a request whose response never ends), when a write
+/// fails, or at shutdown, when it ends the chunked body properly.
+pub async fn serve_socket(mut tcp: TcpStream, last_seen: Option<u64>, state: FeedState) {
+    let (head, mut live) = open(&state, last_seen);
+    let mut opening = response_head();
+    for frame in &head {
+        opening.extend_from_slice(&frame.chunk);
+    }
+    drop(head);
+    let sent = tokio::select! {
+        sent = tcp.write_all(&opening) => sent.is_ok(),
+        _ = state.shutdown.cancelled() => false,
+    };
+    drop(opening);
+    if !sent {
+        return;
+    }
     loop {
-        if let Some(bytes) = live.pending.pop_front() {
-            return Some(bytes);
+        tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                // The last chunk, if the socket takes it at once; a client
+                // that does not read is not waited for.
+                let _ = tcp.try_write(b"0\r\n\r\n");
+                return;
+            }
+            frame = next_frame(&mut live) => {
+                let Some(frame) = frame else { return };
+                let sent = tokio::select! {
+                    sent = tcp.write_all(&frame.chunk) => sent.is_ok(),
+                    _ = state.shutdown.cancelled() => false,
+                };
+                if !sent {
+                    return;
+                }
+            }
+            readable = tcp.readable() => {
+                if readable.is_err() {
+                    return;
+                }
+                // End of stream, an error or unexpected bytes all end it; a
+                // spurious wake-up (`WouldBlock`) does not.
+                let mut probe = [0u8; 64];
+                match tcp.try_read(&mut probe) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    _ => return,
+                }
+            }
+        }
+    }
+}
+
+/// The status line and headers of a stream served by [`serve_socket`].
+fn response_head() -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    for (name, value) in SSE_HEADERS {
+        head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    let date = httpdate::fmt_http_date(SystemTime::now());
+    head.extend_from_slice(format!("date: {date}\r\n").as_bytes());
+    head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    head
+}
+
+async fn next_frame(live: &mut Live) -> Option<Encoded> {
+    loop {
+        if let Some(frame) = live.pending.pop_front() {
+            return Some(frame);
         }
         match live.rx.recv().await {
             Ok(Frame { id: Some(id), .. }) if id <= live.last_id => continue,
@@ -410,11 +550,12 @@ async fn next_frame(live: &mut Live) -> Option<Bytes> {
 mod tests {
     use super::*;
 
-    fn ids(frames: &[Bytes]) -> Vec<u64> {
+    fn ids(frames: &[Encoded]) -> Vec<u64> {
         frames
             .iter()
-            .filter_map(|b| {
-                let s = std::str::from_utf8(b).ok()?;
+            .filter_map(|f| {
+                let b = f.frame();
+                let s = std::str::from_utf8(&b).ok()?;
                 s.strip_prefix("id: ")?.split('\n').next()?.parse().ok()
             })
             .collect()
@@ -444,7 +585,7 @@ mod tests {
         let feed = Feed::new(100, Duration::from_secs(1));
         let published: Vec<u64> = (0..151).map(|_| feed.publish(update())).collect();
         let sub = feed.subscribe(Some(published[0]));
-        assert!(std::str::from_utf8(&sub.replay[0])
+        assert!(std::str::from_utf8(&sub.replay[0].frame())
             .unwrap()
             .contains(r#""type":"gap""#));
         assert_eq!(ids(&sub.replay), published[51..]);
@@ -464,5 +605,23 @@ mod tests {
         assert_eq!(recent.len(), 10);
         assert!(recent.windows(2).all(|w| w[0].id < w[1].id));
         assert_eq!(feed.lock().events.len(), 100);
+    }
+
+    #[test]
+    fn a_frame_is_one_http_chunk_around_the_bare_frame() {
+        let e = Encoded::new("data: {\"type\":\"gap\"}\n\n");
+        assert_eq!(&e.frame()[..], b"data: {\"type\":\"gap\"}\n\n");
+        assert_eq!(&e.chunk[..], b"16\r\ndata: {\"type\":\"gap\"}\n\n\r\n");
+    }
+
+    #[test]
+    fn the_header_wins_over_the_query_and_blank_means_none() {
+        assert_eq!(last_seen(Some(b"7"), Some("3")), Ok(Some(7)));
+        assert_eq!(last_seen(None, Some(" 3 ")), Ok(Some(3)));
+        assert_eq!(last_seen(Some(b" "), Some("3")), Ok(None));
+        assert_eq!(last_seen(None, None), Ok(None));
+        assert_eq!(last_seen(Some(b"abc"), None), Err(BadLastEventId));
+        assert_eq!(last_seen(None, Some("-1")), Err(BadLastEventId));
+        assert_eq!(last_seen(Some(&[0xff]), None), Err(BadLastEventId));
     }
 }

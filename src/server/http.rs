@@ -10,7 +10,6 @@ use axum::extract::{FromRef, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
@@ -18,6 +17,7 @@ use leptos_axum::{generate_route_list, LeptosRoutes};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::{shell, App};
 use crate::protocol::{FEED_PATH, NOTIFICATIONS_PATH, STATS_PATH, WS_PATH};
@@ -28,7 +28,7 @@ use crate::server::config::Settings;
 use crate::server::feed::{self, Feed, FeedState};
 use crate::server::notify::{self, Notifier};
 use crate::server::stats::{self, StatsState};
-use crate::server::{assets, metrics};
+use crate::server::{assets, listener, metrics};
 
 /// State shared by every handler.
 #[derive(Clone)]
@@ -246,22 +246,21 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         metrics,
     };
-    // Real-time frames are small and must leave at once: with Nagle's
-    // algorithm a frame written while the previous one is unacknowledged
-    // waits for the peer's (possibly delayed, up to 40 ms) ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("could not set TCP_NODELAY: {e}");
-        }
-    });
+    // Feed streams are served straight on their sockets; every other
+    // connection is axum's (see `listener`).
+    let direct = TaskTracker::new();
+    let feed_state = FeedState::from_ref(&state);
+    let connections = listener::split(listener, feed_state, &direct)?;
     // `into_make_service` resolves the router's state once, here. Handing
     // axum a bare `Router` would rebuild its route table for every accepted
     // connection and keep that copy for the connection's life: about 12 KB
     // per open SSE stream (measured with heaptrack, see docs/performance.md).
-    let result = axum::serve(listener, router(state).into_make_service())
+    let result = axum::serve(connections, router(state).into_make_service())
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
+    direct.close();
+    direct.wait().await;
     let _ = ticker.await;
     let _ = upkeep.await;
     let _ = sampler.await;

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod config;
 pub mod feed;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod shutdown;
