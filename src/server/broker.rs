@@ -209,13 +209,27 @@ impl Broker {
     }
 
     /// The shared history and members of `room` across instances, or `None`
-    /// without a (connected) bus.
-    pub async fn room_snapshot(&self, room: &str) -> Option<(Vec<ChatMessage>, Vec<String>)> {
+    /// without a (connected) bus, for `user` who is joining it.
+    ///
+    /// The same round trip first marks `user` present in Redis, so that by the
+    /// time they are told they joined, whoever joins next on any instance
+    /// sees them. (The publisher marks them present too, in order with their
+    /// later leave; the extra write only refreshes the entry.)
+    pub async fn room_snapshot(
+        &self,
+        room: &str,
+        user: &str,
+    ) -> Option<(Vec<ChatMessage>, Vec<String>)> {
         let r = self.inner.as_ref()?;
         let mut conn = r.conn.lock().ok()?.clone()?;
         let now = now_ms();
         let mut pipe = redis::pipe();
-        pipe.cmd("LRANGE")
+        pipe.cmd("ZADD")
+            .arg(presence_key(room))
+            .arg(now + r.presence_ttl.as_millis() as u64)
+            .arg(format!("{}|{user}", r.instance))
+            .ignore()
+            .cmd("LRANGE")
             .arg(history_key(room))
             .arg(0)
             .arg(-1)

@@ -194,15 +194,21 @@ async fn handle(
             // Boxed: the Redis round trip's state is large, and inline it
             // would be part of every idle connection's task for its lifetime.
             let shared = if chat.broker.is_redis() && crate::protocol::is_valid_room(&room) {
-                Box::pin(chat.broker.room_snapshot(&room)).await
+                Box::pin(chat.broker.room_snapshot(&room, user)).await
             } else {
                 None
             };
+            let marked_present = shared.is_some();
             match chat.hub.join(id, user, outbox, &room, shared) {
                 Ok(()) => {
                     joined.insert(room);
                 }
                 Err(e) => {
+                    // The room could not be created here, so none of this
+                    // user's connections is in it: undo the snapshot's mark.
+                    if marked_present {
+                        chat.broker.presence(&room, user, false);
+                    }
                     outbox.send(&e);
                 }
             }
