@@ -219,7 +219,16 @@ pub async fn serve(
         }
         None => (Broker::local(), None),
     };
-    let chat = Arc::new(Chat::new(app, auth, broker.clone(), shutdown.clone()));
+    // The connections that are not axum's: feed streams served on their
+    // sockets and upgraded WebSockets. Waited for after axum's own.
+    let sockets = TaskTracker::new();
+    let chat = Arc::new(Chat::new(
+        app,
+        auth,
+        broker.clone(),
+        shutdown.clone(),
+        sockets.clone(),
+    ));
     let bus = broker_tasks.map(|tasks| {
         let sink = Arc::new(BusSink {
             chat: chat.clone(),
@@ -248,9 +257,7 @@ pub async fn serve(
     };
     // Feed streams are served straight on their sockets; every other
     // connection is axum's (see `listener`).
-    let direct = TaskTracker::new();
-    let feed_state = FeedState::from_ref(&state);
-    let connections = listener::split(listener, feed_state, &direct)?;
+    let connections = listener::split(listener, FeedState::from_ref(&state), &sockets)?;
     // `into_make_service` resolves the router's state once, here. Handing
     // axum a bare `Router` would rebuild its route table for every accepted
     // connection and keep that copy for the connection's life: about 12 KB
@@ -259,8 +266,8 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();
-    direct.close();
-    direct.wait().await;
+    sockets.close();
+    sockets.wait().await;
     let _ = ticker.await;
     let _ = upkeep.await;
     let _ = sampler.await;

@@ -8,12 +8,17 @@
 //! queues the close frame and gives the writer a moment to send it.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
 use super::hub::{error, ConnId, Outbox};
@@ -39,51 +44,102 @@ enum End {
 
 /// Runs an upgraded socket until it ends. Never panics on client input; an
 /// error only ends this connection.
-pub async fn run(socket: WebSocket, chat: Arc<Chat>, id: ConnId, claims: Claims) {
+///
+/// Not an `async fn` on purpose: the socket is split and the writer started
+/// right here, so the returned future (which lives as long as the
+/// connection) holds only what the reader loop needs. An `async fn` keeps its
+/// arguments in its state for its whole life, the 368-byte `WebSocket`
+/// included, and `serve` would keep a second copy.
+pub fn run(
+    socket: WebSocket,
+    chat: Arc<Chat>,
+    id: ConnId,
+    claims: Claims,
+) -> impl Future<Output = ()> + Send {
     let span = tracing::info_span!("ws", conn = id, user = %claims.sub);
-    serve(socket, chat, id, claims).instrument(span).await
-}
-
-async fn serve(socket: WebSocket, chat: Arc<Chat>, id: ConnId, claims: Claims) {
+    let entered = span.enter();
     metrics::connection_opened(Transport::Ws);
     tracing::debug!("connected");
-    let user: Arc<str> = Arc::from(claims.sub.as_str());
-    let (mut sink, mut stream) = socket.split();
-    let (outbox, mut queue) = Outbox::new(chat.queue);
+    let (sink, stream) = socket.split();
+    let (outbox, queue) = Outbox::new(chat.queue);
+    let writer = tokio::spawn(write_loop(sink, queue).in_current_span());
+    let reader = Reader {
+        _open: chat.sockets.token(),
+        chat,
+        id,
+        user: Arc::from(claims.sub),
+        expires_at: claims.exp,
+        stream,
+        outbox,
+        writer,
+    };
+    drop(entered);
+    serve(reader).instrument(span)
+}
 
-    let writer = tokio::spawn(
-        async move {
-            // Whatever queued up while the last write was in flight goes out
-            // in one write (`feed` buffers up to the write buffer size,
-            // `flush` sends): one syscall for a burst instead of one a frame.
-            'write: while let Some(frame) = queue.recv().await {
-                let mut closing = matches!(frame, Message::Close(_));
-                if sink.feed(frame).await.is_err() {
-                    break;
-                }
-                while !closing {
-                    let Ok(frame) = queue.try_recv() else { break };
-                    closing = matches!(frame, Message::Close(_));
-                    if sink.feed(frame).await.is_err() {
-                        break 'write;
-                    }
-                }
-                if sink.flush().await.is_err() || closing {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
+/// Sends everything queued for the client, in order, until the queue closes
+/// or a close frame has gone out.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Receiver<Message>) {
+    // Whatever queued up while the last write was in flight goes out in one
+    // write (`feed` buffers up to the write buffer size, `flush` sends): one
+    // syscall for a burst instead of one a frame.
+    'write: while let Some(frame) = queue.recv().await {
+        let mut closing = matches!(frame, Message::Close(_));
+        if sink.feed(frame).await.is_err() {
+            break;
         }
-        .in_current_span(),
-    );
+        while !closing {
+            let Ok(frame) = queue.try_recv() else { break };
+            closing = matches!(frame, Message::Close(_));
+            if sink.feed(frame).await.is_err() {
+                break 'write;
+            }
+        }
+        if sink.flush().await.is_err() || closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
 
+/// What the reader loop works with.
+struct Reader {
+    /// Rooms, limits, settings.
+    chat: Arc<Chat>,
+    /// This connection in the hub.
+    id: ConnId,
+    /// The authenticated user (the token's `sub`).
+    user: Arc<str>,
+    /// When the token expires (Unix seconds): the connection closes then.
+    expires_at: u64,
+    /// Frames from the client.
+    stream: SplitStream<WebSocket>,
+    /// Everything sent to the client goes through here.
+    outbox: Outbox,
+    /// The writer task, waited for (briefly) at the end.
+    writer: JoinHandle<()>,
+    /// Holds shutdown until this connection has finished.
+    _open: TaskTrackerToken,
+}
+
+async fn serve(reader: Reader) {
+    let Reader {
+        chat,
+        id,
+        user,
+        expires_at,
+        mut stream,
+        outbox,
+        writer,
+        _open,
+    } = reader;
     let mut joined = BTreeSet::<String>::new();
     let mut ping =
         tokio::time::interval_at(Instant::now() + chat.ping_interval, chat.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Anything from the client (a pong above all) proves it is alive.
     let mut heard_since_ping = true;
-    let expiry = tokio::time::sleep(Duration::from_secs(claims.exp.saturating_sub(now_secs())));
+    let expiry = tokio::time::sleep(Duration::from_secs(expires_at.saturating_sub(now_secs())));
     tokio::pin!(expiry);
 
     let end = loop {

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::protocol::MAX_FRAME_BYTES;
 use crate::server::auth::{Auth, AuthError};
@@ -55,6 +56,10 @@ pub struct Chat {
     next_id: AtomicU64,
     /// Cancelled at shutdown: every socket closes with 1001.
     pub shutdown: CancellationToken,
+    /// Tracks every open socket (and the feed streams served on theirs).
+    /// Once upgraded, a socket is no longer axum's, so the server waits on
+    /// this at shutdown for the close frames to go out.
+    pub sockets: TaskTracker,
 }
 
 impl Chat {
@@ -64,6 +69,7 @@ impl Chat {
         auth: Arc<Auth>,
         broker: Broker,
         shutdown: CancellationToken,
+        sockets: TaskTracker,
     ) -> Self {
         let per_min = NonZeroU32::new(app.rate_limit_per_min).unwrap_or(NonZeroU32::MIN);
         Chat {
@@ -77,6 +83,7 @@ impl Chat {
             queue: app.ws_queue,
             next_id: AtomicU64::new(1),
             shutdown,
+            sockets,
         }
     }
 
