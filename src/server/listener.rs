@@ -15,6 +15,10 @@
 //!   `/api/events` route stays, so a feed request split over two packets,
 //!   or with a bad `Last-Event-ID`, still gets the same answer.
 //!
+//! Only a connection's first request is looked at: a feed request on a
+//! kept-alive connection that has already carried another request (a browser
+//! may reuse one from loading the page) is axum's, at hyper's cost.
+//!
 //! ```text
 //! TcpListener ─ accept_loop ─┬─ route (one task per connection, until its first bytes)
 //!                            │    ├─ feed request  → feed::serve_socket
