@@ -372,3 +372,26 @@ async fn a_client_that_sends_more_after_its_feed_request_is_closed_and_forgotten
     let mut other = Sse::open(&server.url, None).await;
     other.next_update().await;
 }
+
+#[tokio::test]
+async fn an_http_1_0_client_gets_the_frames_unchunked_until_the_connection_closes() {
+    // nginx speaks HTTP/1.0 to its upstreams unless told otherwise.
+    let server = Server::start(FAST).await;
+    let request = "GET /api/events HTTP/1.0\r\nHost: pulse\r\n\r\n";
+    let (mut raw, head) = RawStream::open(&server, request).await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(
+        head.contains("content-type: text/event-stream\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    while !String::from_utf8_lossy(&raw.buf).contains(r#""type":"update""#) {
+        assert!(raw.fill().await, "stream open");
+    }
+    let body = String::from_utf8_lossy(&raw.buf).into_owned();
+    assert!(body.starts_with("retry: 2000\n\ndata: {"), "{body}");
+    assert!(body.contains(r#""type":"connected""#), "{body}");
+    server.signal("TERM");
+    while raw.fill().await {}
+}

@@ -457,12 +457,17 @@ fn event_stream(
 ///
 /// The stream ends when the client closes its side or sends anything more
 /// (nothing may follow a request whose response never ends), when a write
-/// fails, or at shutdown, when it ends the chunked body properly.
-pub async fn serve_socket(mut tcp: TcpStream, last_seen: Option<u64>, state: FeedState) {
+/// fails, or at shutdown, when it ends a chunked body properly.
+pub async fn serve_socket(
+    mut tcp: TcpStream,
+    last_seen: Option<u64>,
+    framing: Framing,
+    state: FeedState,
+) {
     let (head, mut live) = open(&state, last_seen);
-    let mut opening = response_head();
+    let mut opening = response_head(framing);
     for frame in &head {
-        opening.extend_from_slice(&frame.chunk);
+        opening.extend_from_slice(&framing.bytes(frame));
     }
     drop(head);
     let sent = tokio::select! {
@@ -477,14 +482,18 @@ pub async fn serve_socket(mut tcp: TcpStream, last_seen: Option<u64>, state: Fee
         tokio::select! {
             _ = state.shutdown.cancelled() => {
                 // The last chunk, if the socket takes it at once; a client
-                // that does not read is not waited for.
-                let _ = tcp.try_write(b"0\r\n\r\n");
+                // that does not read is not waited for. (Without chunks,
+                // closing the connection ends the body.)
+                if framing == Framing::Chunked {
+                    let _ = tcp.try_write(b"0\r\n\r\n");
+                }
                 return;
             }
             frame = next_frame(&mut live) => {
                 let Some(frame) = frame else { return };
+                let bytes = framing.bytes(&frame);
                 let sent = tokio::select! {
-                    sent = tcp.write_all(&frame.chunk) => sent.is_ok(),
+                    sent = tcp.write_all(&bytes) => sent.is_ok(),
                     _ = state.shutdown.cancelled() => false,
                 };
                 if !sent {
@@ -507,8 +516,28 @@ pub async fn serve_socket(mut tcp: TcpStream, last_seen: Option<u64>, state: Fee
     }
 }
 
+/// How the body of a stream served by [`serve_socket`] is delimited.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Framing {
+    /// HTTP/1.1: chunked, so the end of the stream is explicit.
+    Chunked,
+    /// HTTP/1.0 (nginx's default towards its upstreams), which has no
+    /// chunks: the body is the frames as they are, ended by closing.
+    UntilClose,
+}
+
+impl Framing {
+    /// What goes on the wire for `frame` (both are views of shared bytes).
+    fn bytes(self, frame: &Encoded) -> Bytes {
+        match self {
+            Framing::Chunked => frame.chunk.clone(),
+            Framing::UntilClose => frame.frame(),
+        }
+    }
+}
+
 /// The status line and headers of a stream served by [`serve_socket`].
-fn response_head() -> Vec<u8> {
+fn response_head(framing: Framing) -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     for (name, value) in SSE_HEADERS {
@@ -516,7 +545,10 @@ fn response_head() -> Vec<u8> {
     }
     let date = httpdate::fmt_http_date(SystemTime::now());
     head.extend_from_slice(format!("date: {date}\r\n").as_bytes());
-    head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    head.extend_from_slice(match framing {
+        Framing::Chunked => b"transfer-encoding: chunked\r\n\r\n".as_slice(),
+        Framing::UntilClose => b"connection: close\r\n\r\n".as_slice(),
+    });
     head
 }
 

@@ -7,9 +7,9 @@
 //! costs (see docs/performance.md). So each accepted connection waits for its
 //! first bytes, and a peek at them decides where it goes:
 //!
-//! - a complete, plain `GET /api/events` head (HTTP/1.1, no body, no upgrade,
-//!   nothing after it, a valid resume id) is read off the socket and the
-//!   stream served by [`feed::serve_socket`];
+//! - a complete, plain `GET /api/events` head (HTTP/1.1 or 1.0, no body, no
+//!   upgrade, nothing after it, a valid resume id) is read off the socket and
+//!   the stream served by [`feed::serve_socket`];
 //! - anything else, including every request this module is unsure of, goes
 //!   to axum untouched, which answers it as it always did. The
 //!   `/api/events` route stays, so a feed request split over two packets,
@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::protocol::FEED_PATH;
-use crate::server::feed::{self, EventsQuery, FeedState};
+use crate::server::feed::{self, EventsQuery, FeedState, Framing};
 
 /// Largest request head looked at here. A feed request with a bigger head
 /// (many cookies) goes to axum, which handles any size it accepts.
@@ -116,10 +116,11 @@ async fn accept_loop(
 /// Where one connection goes.
 #[derive(Debug, PartialEq)]
 enum Route {
-    /// A feed stream, served here; the request head is this many bytes.
+    /// A feed stream, served here; the request head is `head_len` bytes.
     Feed {
         head_len: usize,
         last_seen: Option<u64>,
+        framing: Framing,
     },
     /// Everything else.
     Axum,
@@ -139,13 +140,14 @@ async fn route(
         Ok(Route::Feed {
             head_len,
             last_seen,
+            framing,
         }) => {
             // The head is already in the socket's buffer: this read does not
             // wait.
             let mut head = vec![0; head_len];
             if tcp.read_exact(&mut head).await.is_ok() {
                 drop(head);
-                feed::serve_socket(tcp, last_seen, feed).await;
+                feed::serve_socket(tcp, last_seen, framing, feed).await;
             }
         }
         Ok(Route::Axum) => {
@@ -182,9 +184,14 @@ fn classify(bytes: &[u8]) -> Route {
     };
     // Bytes after the head would be a body or a pipelined request: neither
     // fits a response that never ends.
-    if head_len != bytes.len() || req.method != Some("GET") || req.version != Some(1) {
+    if head_len != bytes.len() || req.method != Some("GET") {
         return Route::Axum;
     }
+    let framing = match req.version {
+        Some(1) => Framing::Chunked,
+        Some(0) => Framing::UntilClose,
+        _ => return Route::Axum,
+    };
     let Some(Ok(uri)) = req.path.map(str::parse::<Uri>) else {
         return Route::Axum;
     };
@@ -208,6 +215,7 @@ fn classify(bytes: &[u8]) -> Route {
         Ok(last_seen) => Route::Feed {
             head_len,
             last_seen,
+            framing,
         },
         Err(feed::BadLastEventId) => Route::Axum,
     }
@@ -221,6 +229,7 @@ mod tests {
         Route::Feed {
             head_len: head.len(),
             last_seen,
+            framing: Framing::Chunked,
         }
     }
 
@@ -232,18 +241,27 @@ mod tests {
         assert_eq!(classify(head.as_bytes()), feed(head, Some(12)));
         let head = "GET /api/events?lastEventId=12 HTTP/1.1\r\nLast-Event-ID: 40\r\n\r\n";
         assert_eq!(classify(head.as_bytes()), feed(head, Some(40)));
+        // HTTP/1.0 (nginx's default upstream protocol): no chunks.
+        let head = "GET /api/events HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n";
+        assert_eq!(
+            classify(head.as_bytes()),
+            Route::Feed {
+                head_len: head.len(),
+                last_seen: None,
+                framing: Framing::UntilClose,
+            }
+        );
     }
 
     #[test]
     fn anything_else_goes_to_axum() {
         let cases: &[&[u8]] = &[
-            // Other paths and methods, HTTP/1.0, HTTP/2 prior knowledge.
+            // Other paths and methods, HTTP/2 prior knowledge.
             b"GET / HTTP/1.1\r\n\r\n",
             b"GET /api/events/ HTTP/1.1\r\n\r\n",
             b"GET /api/ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
             b"HEAD /api/events HTTP/1.1\r\n\r\n",
             b"POST /api/events HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-            b"GET /api/events HTTP/1.0\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             // A head not complete yet, or followed by more bytes.
             b"GET /api/events HTTP/1.1\r\nHost: x\r\n",
