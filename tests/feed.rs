@@ -295,6 +295,9 @@ impl RawStream {
 
 const FEED_HEAD: &str = "GET /api/events HTTP/1.1\r\nHost: pulse\r\nAccept: text/event-stream\r\n";
 
+const SERVED_ON_SOCKET: &str = "pulse_feed_streams_total{served_by=\"socket\"}";
+const SERVED_BY_AXUM: &str = "pulse_feed_streams_total{served_by=\"axum\"}";
+
 #[tokio::test]
 async fn on_the_wire_a_stream_is_plain_chunked_http_that_ends_cleanly_at_shutdown() {
     let server = Server::start(FAST).await;
@@ -318,6 +321,8 @@ async fn on_the_wire_a_stream_is_plain_chunked_http_that_ends_cleanly_at_shutdow
         .contains(r#""type":"connected""#));
     let update = raw.next_chunk().await.unwrap();
     assert!(update.starts_with("id: ") && update.contains(r#""type":"update""#));
+    assert_eq!(server.metric(SERVED_ON_SOCKET).await, 1.0);
+    assert_eq!(server.metric(SERVED_BY_AXUM).await, 0.0);
 
     server.signal("TERM");
     loop {
@@ -354,6 +359,8 @@ async fn a_feed_request_with_a_large_head_streams_the_same() {
         .await
         .unwrap()
         .contains(r#""type":"update""#));
+    assert_eq!(server.metric(SERVED_BY_AXUM).await, 1.0);
+    assert_eq!(server.metric(SERVED_ON_SOCKET).await, 0.0);
 }
 
 #[tokio::test]
@@ -392,6 +399,7 @@ async fn an_http_1_0_client_gets_the_frames_unchunked_until_the_connection_close
     let body = String::from_utf8_lossy(&raw.buf).into_owned();
     assert!(body.starts_with("retry: 2000\n\ndata: {"), "{body}");
     assert!(body.contains(r#""type":"connected""#), "{body}");
+    assert_eq!(server.metric(SERVED_ON_SOCKET).await, 1.0);
     server.signal("TERM");
     while raw.fill().await {}
 }

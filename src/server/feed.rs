@@ -400,8 +400,13 @@ struct Live {
 
 /// Opens a stream: the frames it starts with (`retry:`, `connected`, then
 /// the replay) and its live part.
-fn open(state: &FeedState, last_seen: Option<u64>) -> (Vec<Encoded>, Live) {
+fn open(
+    state: &FeedState,
+    last_seen: Option<u64>,
+    path: metrics::FeedPath,
+) -> (Vec<Encoded>, Live) {
     let open = metrics::OpenConnection::new(metrics::Transport::Sse);
+    metrics::feed_stream_opened(path);
     let Subscription {
         replay,
         live,
@@ -434,7 +439,7 @@ fn event_stream(
     state: &FeedState,
     last_seen: Option<u64>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
-    let (head, live) = open(state, last_seen);
+    let (head, live) = open(state, last_seen, metrics::FeedPath::Axum);
     let head = head.into_iter().map(|f| Ok(f.frame()));
     let tail = stream::unfold(live, |mut live| async move {
         let frame = next_frame(&mut live).await?;
@@ -464,7 +469,7 @@ pub async fn serve_socket(
     framing: Framing,
     state: FeedState,
 ) {
-    let (head, mut live) = open(&state, last_seen);
+    let (head, mut live) = open(&state, last_seen, metrics::FeedPath::Socket);
     let mut opening = response_head(framing);
     for frame in &head {
         opening.extend_from_slice(&framing.bytes(frame));

@@ -15,6 +15,8 @@ pub const OPEN_CONNECTIONS: &str = "pulse_open_connections";
 pub const CONNECTIONS_OPENED: &str = "pulse_connections_opened_total";
 /// Receivers of the feed's broadcast channel (one per open SSE stream).
 pub const FEED_SUBSCRIBERS: &str = "pulse_feed_subscribers";
+/// Feed streams opened since start, by what serves them (see [`FeedPath`]).
+pub const FEED_STREAMS: &str = "pulse_feed_streams_total";
 /// Chat frames received from clients.
 pub const MESSAGES_RECEIVED: &str = "pulse_messages_received_total";
 /// Chat messages delivered to clients (one per recipient).
@@ -112,6 +114,13 @@ pub fn install() -> Result<PrometheusHandle, String> {
         gauge!(OPEN_CONNECTIONS, "transport" => t.label()).set(0.0);
         counter!(CONNECTIONS_OPENED, "transport" => t.label()).absolute(0);
     }
+    for path in [FeedPath::Socket, FeedPath::Axum] {
+        counter!(FEED_STREAMS, "served_by" => path.label()).absolute(0);
+    }
+    metrics::describe_counter!(
+        FEED_STREAMS,
+        "Feed streams opened since start: served_by socket (straight on the socket) or axum."
+    );
     metrics::describe_gauge!(OPEN_CONNECTIONS, "Open connections, by transport.");
     metrics::describe_counter!(CONNECTIONS_OPENED, "Connections opened since start.");
     metrics::describe_gauge!(FEED_SUBSCRIBERS, "Receivers of the live feed.");
@@ -144,6 +153,31 @@ pub fn install() -> Result<PrometheusHandle, String> {
         "Broker commands dropped while it was down or slow."
     );
     Ok(handle)
+}
+
+/// What serves a feed stream. Operators can tell from this whether their
+/// proxy lets streams take the cheap path (see `server::listener`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedPath {
+    /// Written straight to its socket (≈ 1.6 KB per idle stream).
+    Socket,
+    /// Served by axum and hyper (≈ 17 KB per idle stream): a feed request on
+    /// a connection that carried another request first, or an unusual one.
+    Axum,
+}
+
+impl FeedPath {
+    fn label(self) -> &'static str {
+        match self {
+            FeedPath::Socket => "socket",
+            FeedPath::Axum => "axum",
+        }
+    }
+}
+
+/// A feed stream opened.
+pub fn feed_stream_opened(path: FeedPath) {
+    counter!(FEED_STREAMS, "served_by" => path.label()).increment(1);
 }
 
 /// A client connected.
