@@ -236,27 +236,34 @@ struct RawStream {
 }
 
 impl RawStream {
-    /// Sends `head` and reads the response head; returns it (lowercased).
+    /// Connects, sends `head` and reads the response head; returns it
+    /// (lowercased).
     async fn open(server: &Server, head: &str) -> (RawStream, String) {
-        use tokio::io::AsyncWriteExt;
         let addr = server.url.trim_start_matches("http://");
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(head.as_bytes()).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut raw = RawStream {
             tcp,
             buf: Vec::new(),
         };
+        let response = raw.request(head).await;
+        (raw, response)
+    }
+
+    /// Sends `head` on this connection and reads the response head.
+    async fn request(&mut self, head: &str) -> String {
+        use tokio::io::AsyncWriteExt;
+        self.tcp.write_all(head.as_bytes()).await.unwrap();
         let end = loop {
-            if let Some(i) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
             assert!(
-                raw.fill().await,
+                self.fill().await,
                 "connection closed before the response head"
             );
         };
-        let response = String::from_utf8(raw.buf.drain(..end).collect()).unwrap();
-        (raw, response.to_ascii_lowercase())
+        let response = String::from_utf8(self.buf.drain(..end).collect()).unwrap();
+        response.to_ascii_lowercase()
     }
 
     /// Reads more; false at the end of the connection.
@@ -402,4 +409,42 @@ async fn an_http_1_0_client_gets_the_frames_unchunked_until_the_connection_close
     assert_eq!(server.metric(SERVED_ON_SOCKET).await, 1.0);
     server.signal("TERM");
     while raw.fill().await {}
+}
+
+#[tokio::test]
+async fn a_feed_request_on_a_kept_alive_connection_is_served_on_the_socket_too() {
+    // What a browser does: its EventSource reuses a connection that loaded
+    // the page.
+    let server = Server::start(FAST).await;
+    let (mut raw, head) =
+        RawStream::open(&server, "GET /healthz HTTP/1.1\r\nHost: pulse\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("content-length: 2\r\n"), "{head}");
+    while raw.buf.len() < 2 {
+        assert!(raw.fill().await, "body");
+    }
+    assert_eq!(raw.buf.drain(..2).collect::<Vec<_>>(), b"ok");
+
+    let head = raw.request(&format!("{FEED_HEAD}\r\n")).await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert_eq!(raw.next_chunk().await.unwrap(), "retry: 2000\n\n");
+    assert!(raw
+        .next_chunk()
+        .await
+        .unwrap()
+        .contains(r#""type":"connected""#));
+    assert!(raw
+        .next_chunk()
+        .await
+        .unwrap()
+        .contains(r#""type":"update""#));
+    assert_eq!(server.metric(SERVED_ON_SOCKET).await, 1.0);
+    assert_eq!(server.metric(SERVED_BY_AXUM).await, 0.0);
+
+    // Ends like any other: the client goes away, the stream is forgotten.
+    drop(raw);
+    server
+        .wait_metric("pulse_open_connections{transport=\"sse\"}", 0.0)
+        .await;
 }

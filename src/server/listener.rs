@@ -15,22 +15,30 @@
 //!   `/api/events` route stays, so a feed request split over two packets,
 //!   or with a bad `Last-Event-ID`, still gets the same answer.
 //!
-//! Only a connection's first request is looked at: a feed request on a
-//! kept-alive connection that has already carried another request (a browser
-//! may reuse one from loading the page) is axum's, at hyper's cost.
+//! A browser usually sends its feed request on a kept-alive connection that
+//! already carried others (from loading the page), so connections handed to
+//! axum are wrapped in a [`Connection`] that keeps watching: when hyper reads
+//! the next request and it is a plain feed request, the wrapper keeps those
+//! bytes from hyper and reports the end of the connection instead. hyper,
+//! idle between requests, then finishes as if the client had closed, and
+//! when it drops the connection the stream is served on the socket.
 //!
 //! ```text
 //! TcpListener ─ accept_loop ─┬─ route (one task per connection, until its first bytes)
 //!                            │    ├─ feed request  → feed::serve_socket
 //!                            │    └─ anything else → channel → AxumConnections → axum::serve
+//!                            │                          └─ Connection: a later feed request
+//!                            │                             → feed::serve_socket
 //! ```
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use axum::extract::Query;
 use axum::http::Uri;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -56,15 +64,27 @@ pub struct AxumConnections {
     rx: mpsc::Receiver<(TcpStream, SocketAddr)>,
     /// The listening socket's address.
     local: SocketAddr,
+    /// For feed requests that come later on these connections.
+    feed: FeedState,
+    /// Where those streams run.
+    tasks: TaskTracker,
 }
 
 impl axum::serve::Listener for AxumConnections {
-    type Io = TcpStream;
+    type Io = Connection;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+    async fn accept(&mut self) -> (Connection, SocketAddr) {
         match self.rx.recv().await {
-            Some(conn) => conn,
+            Some((tcp, addr)) => {
+                let conn = Connection {
+                    tcp: Some(tcp),
+                    feed_request: None,
+                    feed: self.feed.clone(),
+                    tasks: self.tasks.clone(),
+                };
+                (conn, addr)
+            }
             // Only after shutdown, when the accept loop and every routing task
             // have ended; axum stops accepting on the same signal.
             None => std::future::pending().await,
@@ -86,8 +106,13 @@ pub fn split(
 ) -> io::Result<AxumConnections> {
     let local = listener.local_addr()?;
     let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
-    tasks.spawn(accept_loop(listener, tx, feed, tasks.clone()));
-    Ok(AxumConnections { rx, local })
+    tasks.spawn(accept_loop(listener, tx, feed.clone(), tasks.clone()));
+    Ok(AxumConnections {
+        rx,
+        local,
+        feed,
+        tasks: tasks.clone(),
+    })
 }
 
 async fn accept_loop(
@@ -110,6 +135,110 @@ async fn accept_loop(
             tracing::debug!("could not set TCP_NODELAY: {e}");
         }
         tasks.spawn(route(tcp, addr, to_axum.clone(), feed.clone()));
+    }
+}
+
+/// A connection served by axum, watched for a feed request to take over.
+pub struct Connection {
+    /// The socket; `None` only once it has been taken for a feed stream.
+    tcp: Option<TcpStream>,
+    /// Set when hyper read a feed request: from then on hyper reads the end
+    /// of the connection, and the stream starts when hyper drops it.
+    feed_request: Option<(Option<u64>, Framing)>,
+    /// For that stream.
+    feed: FeedState,
+    /// Where that stream runs.
+    tasks: TaskTracker,
+}
+
+impl Connection {
+    fn tcp(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        self.tcp
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::ErrorKind::NotConnected.into())
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.feed_request.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        ready!(this.tcp()?.poll_read(cx, buf))?;
+        // A browser sends its next request only once the previous response
+        // is complete, so a read that starts a request holds all of its head.
+        let read = &buf.filled()[before..];
+        if read.starts_with(b"GET /api/events") {
+            if let Route::Feed {
+                last_seen, framing, ..
+            } = classify(read)
+            {
+                this.feed_request = Some((last_seen, framing));
+                // hyper never sees these bytes: to it, the client is gone.
+                buf.set_filled(before);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().tcp()?.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().tcp()?.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().tcp()?.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // hyper closes what it thinks is a finished connection; the socket
+        // stays open for the feed stream.
+        if this.feed_request.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        this.tcp()?.poll_shutdown(cx)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let (Some((last_seen, framing)), Some(tcp)) = (self.feed_request.take(), self.tcp.take())
+        else {
+            return;
+        };
+        // hyper drops the connection in its own task, on the runtime.
+        if self.feed.shutdown.is_cancelled() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let stream = feed::serve_socket(tcp, last_seen, framing, self.feed.clone());
+            self.tasks.spawn_on(stream, &runtime);
+        }
     }
 }
 

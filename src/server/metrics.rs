@@ -161,8 +161,9 @@ pub fn install() -> Result<PrometheusHandle, String> {
 pub enum FeedPath {
     /// Written straight to its socket (≈ 1.6 KB per idle stream).
     Socket,
-    /// Served by axum and hyper (≈ 17 KB per idle stream): a feed request on
-    /// a connection that carried another request first, or an unusual one.
+    /// Served by axum and hyper (≈ 17 KB per idle stream): a feed request
+    /// that is not plain (a head over 4 KiB or split over two reads, a bad
+    /// resume id…).
     Axum,
 }
 
