@@ -298,6 +298,33 @@ impl RawStream {
             }
         }
     }
+
+    /// Reads the frames every stream starts with, one chunk each: `retry:`,
+    /// `connected`, then the first numbered update.
+    async fn expect_opening_chunks(&mut self) {
+        assert_eq!(self.next_chunk().await.unwrap(), "retry: 2000\n\n");
+        let connected = self.next_chunk().await.unwrap();
+        assert!(connected.contains(r#""type":"connected""#), "{connected}");
+        let update = self.next_chunk().await.unwrap();
+        assert!(
+            update.starts_with("id: ") && update.contains(r#""type":"update""#),
+            "{update}"
+        );
+    }
+}
+
+/// Asserts how many feed streams were served on their sockets and by axum.
+async fn assert_served(server: &Server, on_socket: f64, by_axum: f64) {
+    assert_eq!(
+        server.metric(SERVED_ON_SOCKET).await,
+        on_socket,
+        "served on the socket"
+    );
+    assert_eq!(
+        server.metric(SERVED_BY_AXUM).await,
+        by_axum,
+        "served by axum"
+    );
 }
 
 const FEED_HEAD: &str = "GET /api/events HTTP/1.1\r\nHost: pulse\r\nAccept: text/event-stream\r\n";
@@ -320,16 +347,8 @@ async fn on_the_wire_a_stream_is_plain_chunked_http_that_ends_cleanly_at_shutdow
         assert!(head.contains(line), "{line:?} in {head}");
     }
     // Every SSE frame is one chunk.
-    assert_eq!(raw.next_chunk().await.unwrap(), "retry: 2000\n\n");
-    assert!(raw
-        .next_chunk()
-        .await
-        .unwrap()
-        .contains(r#""type":"connected""#));
-    let update = raw.next_chunk().await.unwrap();
-    assert!(update.starts_with("id: ") && update.contains(r#""type":"update""#));
-    assert_eq!(server.metric(SERVED_ON_SOCKET).await, 1.0);
-    assert_eq!(server.metric(SERVED_BY_AXUM).await, 0.0);
+    raw.expect_opening_chunks().await;
+    assert_served(&server, 1.0, 0.0).await;
 
     server.signal("TERM");
     loop {
@@ -355,19 +374,8 @@ async fn a_feed_request_with_a_large_head_streams_the_same() {
         "{head}"
     );
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
-    assert_eq!(raw.next_chunk().await.unwrap(), "retry: 2000\n\n");
-    assert!(raw
-        .next_chunk()
-        .await
-        .unwrap()
-        .contains(r#""type":"connected""#));
-    assert!(raw
-        .next_chunk()
-        .await
-        .unwrap()
-        .contains(r#""type":"update""#));
-    assert_eq!(server.metric(SERVED_BY_AXUM).await, 1.0);
-    assert_eq!(server.metric(SERVED_ON_SOCKET).await, 0.0);
+    raw.expect_opening_chunks().await;
+    assert_served(&server, 0.0, 1.0).await;
 }
 
 #[tokio::test]
@@ -406,7 +414,7 @@ async fn an_http_1_0_client_gets_the_frames_unchunked_until_the_connection_close
     let body = String::from_utf8_lossy(&raw.buf).into_owned();
     assert!(body.starts_with("retry: 2000\n\ndata: {"), "{body}");
     assert!(body.contains(r#""type":"connected""#), "{body}");
-    assert_eq!(server.metric(SERVED_ON_SOCKET).await, 1.0);
+    assert_served(&server, 1.0, 0.0).await;
     server.signal("TERM");
     while raw.fill().await {}
 }
@@ -428,19 +436,8 @@ async fn a_feed_request_on_a_kept_alive_connection_is_served_on_the_socket_too()
     let head = raw.request(&format!("{FEED_HEAD}\r\n")).await;
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
-    assert_eq!(raw.next_chunk().await.unwrap(), "retry: 2000\n\n");
-    assert!(raw
-        .next_chunk()
-        .await
-        .unwrap()
-        .contains(r#""type":"connected""#));
-    assert!(raw
-        .next_chunk()
-        .await
-        .unwrap()
-        .contains(r#""type":"update""#));
-    assert_eq!(server.metric(SERVED_ON_SOCKET).await, 1.0);
-    assert_eq!(server.metric(SERVED_BY_AXUM).await, 0.0);
+    raw.expect_opening_chunks().await;
+    assert_served(&server, 1.0, 0.0).await;
 
     // Ends like any other: the client goes away, the stream is forgotten.
     drop(raw);

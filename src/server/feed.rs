@@ -474,11 +474,9 @@ pub async fn serve_socket(
     for frame in &head {
         opening.extend_from_slice(&framing.bytes(frame));
     }
+    // Dropped before the loop, so they are not kept for the stream's life.
     drop(head);
-    let sent = tokio::select! {
-        sent = tcp.write_all(&opening) => sent.is_ok(),
-        _ = state.shutdown.cancelled() => false,
-    };
+    let sent = write_unless_shutdown(&mut tcp, &opening, &state.shutdown).await;
     drop(opening);
     if !sent {
         return;
@@ -496,12 +494,7 @@ pub async fn serve_socket(
             }
             frame = next_frame(&mut live) => {
                 let Some(frame) = frame else { return };
-                let bytes = framing.bytes(&frame);
-                let sent = tokio::select! {
-                    sent = tcp.write_all(&bytes) => sent.is_ok(),
-                    _ = state.shutdown.cancelled() => false,
-                };
-                if !sent {
+                if !write_unless_shutdown(&mut tcp, &framing.bytes(&frame), &state.shutdown).await {
                     return;
                 }
             }
@@ -518,6 +511,19 @@ pub async fn serve_socket(
                 }
             }
         }
+    }
+}
+
+/// Writes all of `bytes`; false if the write fails or shutdown comes first
+/// (a client that does not read must not hold shutdown up).
+async fn write_unless_shutdown(
+    tcp: &mut TcpStream,
+    bytes: &[u8],
+    shutdown: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        sent = tcp.write_all(bytes) => sent.is_ok(),
+        _ = shutdown.cancelled() => false,
     }
 }
 

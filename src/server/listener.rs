@@ -21,7 +21,11 @@
 //! the next request and it is a plain feed request, the wrapper keeps those
 //! bytes from hyper and reports the end of the connection instead. hyper,
 //! idle between requests, then finishes as if the client had closed, and
-//! when it drops the connection the stream is served on the socket.
+//! when it drops the connection the stream is served on the socket. The
+//! wrapper cannot catch a connection's first request: axum's connection
+//! builder reads the first 24 bytes on its own (to tell HTTP/2 from
+//! HTTP/1), so a first feed request reaches the wrapper in pieces. Hence the
+//! peek for first requests, and the wrapper for the later ones.
 //!
 //! ```text
 //! TcpListener ─ accept_loop ─┬─ route (one task per connection, until its first bytes)
