@@ -5,7 +5,7 @@
 #
 #   scripts/install-tools.sh          build tools: wasm32 target, cargo-leptos,
 #                                     wasm-bindgen-cli (Cargo.lock's version), wasm-opt, brotli
-#   scripts/install-tools.sh --test   the same, plus Chromium, redis-server and end2end's npm packages
+#   scripts/install-tools.sh --test   the same, plus Chromium, redis-server, nginx and end2end's npm packages
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,7 +60,7 @@ fi
 apt_install brotli gzip
 
 if [ "${1:-}" = "--test" ]; then
-  apt_install chromium redis-server
+  apt_install chromium redis-server nginx-light
   if [ ! -d end2end/node_modules/@playwright/test ] || [ end2end/package-lock.json -nt end2end/node_modules/.package-lock.json ]; then
     say "npm ci (end2end)"
     (cd end2end && npm ci --silent --no-audit --no-fund)

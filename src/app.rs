@@ -12,6 +12,8 @@ use crate::pages::rooms::RoomsPage;
 
 /// The HTML document around the app, rendered on the server.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    crate::server::security::send_content_security_policy(&options);
     view! {
         <!DOCTYPE html>
         <html lang="en">

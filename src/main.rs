@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pulse::server::auth::Auth;
+use pulse::server::auth::{self, Auth};
 use pulse::server::config::{Cli, Command, LogFormat, Settings};
-use pulse::server::{http, metrics, shutdown};
+use pulse::server::{http, metrics, shutdown, text};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -30,25 +30,45 @@ async fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Some(Command::Token { sub, ttl }) => print_token(&settings, &sub, ttl),
+        Some(Command::Token { name, id, ttl }) => print_token(&settings, &name, id, ttl),
         Some(Command::Serve) | None => run(settings).await,
     }
 }
 
-/// `pulse token`: prints a JWT signed with PULSE_JWT_SECRET.
-fn print_token(settings: &Settings, sub: &str, ttl: std::time::Duration) -> ExitCode {
+/// `pulse token`: prints a JWT signed with PULSE_JWT_SECRET, for user `id`
+/// (a new one if not given) called `name`, in a session of its own.
+fn print_token(
+    settings: &Settings,
+    name: &str,
+    id: Option<String>,
+    ttl: std::time::Duration,
+) -> ExitCode {
     let Some(secret) = &settings.jwt_secret else {
         eprintln!("pulse: set PULSE_JWT_SECRET to the server's secret to mint tokens");
         return ExitCode::from(2);
     };
-    let Some(name) = pulse::protocol::valid_display_name(sub) else {
+    let name = match text::display_name(name) {
+        Ok(name) => name,
+        Err(why) => {
+            eprintln!("pulse: --name: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    let id = id.unwrap_or_else(auth::new_id);
+    if !auth::is_valid_id(&id) {
+        eprintln!("pulse: --id must be 1-64 characters of A-Z, a-z, 0-9, -_.:@");
+        return ExitCode::from(2);
+    }
+    let max = settings.app.max_token_ttl();
+    if ttl > max {
         eprintln!(
-            "pulse: --sub must be 1 to {} characters",
-            pulse::protocol::MAX_NAME_CHARS
+            "pulse: --ttl may be at most PULSE_MAX_TOKEN_TTL_S ({}s)",
+            max.as_secs()
         );
         return ExitCode::from(2);
-    };
-    match Auth::new(secret.as_bytes(), ttl).issue(name, ttl) {
+    }
+    let auth = Auth::new(secret.as_bytes(), ttl, max, settings.app.signin_per_min);
+    match auth.issue(&id, &name, &auth::new_id(), ttl) {
         Ok((token, _)) => {
             println!("{token}");
             ExitCode::SUCCESS
@@ -69,32 +89,54 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(settings: Settings) -> ExitCode {
+/// File descriptors kept back from `PULSE_MAX_CONNECTIONS`'s default: for
+/// connections being refused, the metrics listener, Redis and the process's
+/// own files, so the server can always answer and the operator get in.
+const RESERVED_FILES: u64 = 512;
+
+async fn run(mut settings: Settings) -> ExitCode {
     init_logging(settings.app.log_format);
     // Every connection is a file descriptor: take all the kernel allows.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::info!(
-            "open-file limit {limit}: room for about {} connections",
-            limit.saturating_sub(64)
-        ),
-        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    if settings.app.max_connections == 0 {
+        let allowed = open_files.saturating_sub(RESERVED_FILES).max(16);
+        settings.app.max_connections = usize::try_from(allowed).unwrap_or(usize::MAX);
     }
-    let metrics = match metrics::install() {
-        Ok(handle) => Some(handle),
-        Err(e) => {
-            tracing::warn!("{e}; /metrics is disabled");
-            None
-        }
+    tracing::info!(
+        "open-file limit {open_files}: serving at most {} connections",
+        settings.app.max_connections
+    );
+    let Some(public) = bind(settings.leptos.site_addr).await else {
+        return ExitCode::FAILURE;
     };
-    let addr = settings.leptos.site_addr;
-    let listener = match TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("cannot listen on {addr}: {e}");
-            return ExitCode::FAILURE;
+    let metrics = match settings.app.metrics_addr() {
+        Ok(Some(addr)) => {
+            let Some(tcp) = bind(addr).await else {
+                return ExitCode::FAILURE;
+            };
+            match metrics::install() {
+                Ok(handle) => {
+                    if let Ok(local) = tcp.local_addr() {
+                        tracing::info!("metrics on http://{local}/metrics");
+                    }
+                    Some((tcp, handle))
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; /metrics is disabled");
+                    None
+                }
+            }
         }
+        // Validated at load: only `off` gets here.
+        Ok(None) | Err(_) => None,
     };
-    match listener.local_addr() {
+    match public.local_addr() {
         Ok(local) => tracing::info!("listening on http://{local}"),
         Err(e) => tracing::warn!("listening, but the local address is unknown: {e}"),
     }
@@ -102,7 +144,7 @@ async fn run(settings: Settings) -> ExitCode {
     let timeout = settings.app.shutdown_timeout();
     let token = CancellationToken::new();
     tokio::spawn(shutdown::cancel_on_signal(token.clone()));
-    let mut server = tokio::spawn(http::serve(listener, settings, token.clone(), metrics));
+    let mut server = tokio::spawn(http::serve(public, metrics, settings, token.clone()));
 
     let finished = tokio::select! {
         finished = &mut server => finished,
@@ -126,6 +168,17 @@ async fn run(settings: Settings) -> ExitCode {
         Err(e) => {
             tracing::error!("server task failed: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A listening socket on `addr`; logs why not.
+async fn bind(addr: std::net::SocketAddr) -> Option<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(tcp) => Some(tcp),
+        Err(e) => {
+            tracing::error!("cannot listen on {addr}: {e}");
+            None
         }
     }
 }

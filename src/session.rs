@@ -1,6 +1,10 @@
 //! Guest sign-in: server functions that issue, renew and clear the session
 //! cookie (an HttpOnly, SameSite=Lax cookie holding a JWT), callable from the
 //! pages on both sides.
+//!
+//! A sign-in mints a new user id (the token's `sub`) and session id (`sid`);
+//! the display name is only a claim beside them. Renewing keeps all three;
+//! signing out revokes the session everywhere.
 
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -9,6 +13,8 @@ use serde::{Deserialize, Serialize};
 /// HttpOnly cookie, out of reach of scripts).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
+    /// The user's id (unique; the display name is not).
+    pub user_id: String,
     /// Display name.
     pub user: String,
     /// When the session ends, seconds since the Unix epoch.
@@ -27,94 +33,149 @@ pub struct SessionInfo {
 /// The session of the current request, and a name to suggest.
 #[server(endpoint = "session")]
 pub async fn current_session() -> Result<SessionInfo, ServerFnError> {
-    let auth = server::auth()?;
-    let headers = server::request_headers();
-    let session = crate::server::auth::cookie_token(&headers)
-        .and_then(|token| auth.verify(&token).ok())
-        .map(|claims| Session {
-            user: claims.sub,
-            expires_at: claims.exp,
-        });
+    let session = server::claims().await.ok().map(|claims| Session {
+        user_id: claims.sub,
+        user: claims.name,
+        expires_at: claims.exp,
+    });
     Ok(SessionInfo {
         session,
         suggested_name: format!("User{:03}", fastrand::u16(0..1000)),
     })
 }
 
-/// Signs in as a guest called `name` (1–24 characters after trimming): sets
-/// the session cookie, valid for the session lifetime (an hour by default).
+/// Signs in as a new guest called `name` (1–32 visible characters after
+/// trimming): sets the session cookie, valid for the session lifetime (an
+/// hour by default). Refused with 400 for a bad name and 429 when the
+/// client's address signs in too often.
 #[server(endpoint = "sign_in")]
 pub async fn sign_in(name: String) -> Result<Session, ServerFnError> {
-    let Some(name) = crate::protocol::valid_display_name(&name) else {
+    use axum::http::StatusCode;
+    let chat = server::chat()?;
+    if let Err(wait) = chat.auth.check_sign_in(server::client_ip()) {
+        crate::server::metrics::refused("signin");
+        server::set_status(StatusCode::TOO_MANY_REQUESTS);
+        server::set_retry_after(wait);
         return Err(ServerFnError::new(format!(
-            "a name is 1 to {} characters",
-            crate::protocol::MAX_NAME_CHARS
+            "too many sign-ins from your address; try again in {} s",
+            wait.as_secs().max(1)
         )));
-    };
-    server::start_session(name)
+    }
+    let name = crate::server::text::display_name(&name).map_err(|why| {
+        server::set_status(StatusCode::BAD_REQUEST);
+        ServerFnError::new(why)
+    })?;
+    let id = crate::server::auth::new_id();
+    let sid = crate::server::auth::new_id();
+    server::start_session(&id, &name, &sid)
 }
 
-/// Extends the current session by a full lifetime; fails if there is none.
+/// Extends the current session by a full lifetime; fails (401) if there is
+/// none, or it was signed out.
 #[server(endpoint = "renew_session")]
 pub async fn renew_session() -> Result<Session, ServerFnError> {
-    let auth = server::auth()?;
-    let headers = server::request_headers();
-    let claims = crate::server::auth::cookie_token(&headers)
-        .ok_or_else(|| ServerFnError::new("not signed in"))
-        .and_then(|token| {
-            auth.verify(&token)
-                .map_err(|e| ServerFnError::new(e.to_string()))
-        })?;
-    server::start_session(&claims.sub)
+    let claims = server::claims().await.map_err(|e| {
+        server::set_status(axum::http::StatusCode::UNAUTHORIZED);
+        ServerFnError::new(e)
+    })?;
+    server::start_session(&claims.sub, &claims.name, &claims.sid)
 }
 
-/// Signs out: clears the session cookie.
+/// Signs out: revokes the session on every instance (its open sockets close
+/// with 4001, its token no longer opens one or renews) and clears the cookie.
 #[server(endpoint = "sign_out")]
 pub async fn sign_out() -> Result<(), ServerFnError> {
-    let secure = crate::server::auth::is_https(&server::request_headers());
-    server::set_cookie(&crate::server::auth::Auth::clear_cookie(secure));
+    if let Ok(claims) = server::claims().await {
+        server::chat()?.revoke_session(&claims.sid, claims.exp);
+    }
+    server::set_cookie(&crate::server::auth::Auth::clear_cookie(server::is_https()));
     Ok(())
 }
 
 #[cfg(feature = "ssr")]
 mod server {
+    use std::net::{IpAddr, Ipv4Addr};
     use std::sync::Arc;
+    use std::time::Duration;
 
-    use axum::http::{header, HeaderMap, HeaderValue};
+    use axum::http::{header, HeaderValue, StatusCode};
     use leptos::prelude::*;
 
     use super::Session;
-    use crate::server::auth::{is_https, Auth};
+    use crate::server::auth::{cookie_token, Auth, Claims};
+    use crate::server::chat::Chat;
+    use crate::server::listener::Admitted;
 
-    pub fn auth() -> Result<Arc<Auth>, ServerFnError> {
-        use_context::<Arc<Auth>>().ok_or_else(|| ServerFnError::new("sign-in is not available"))
+    /// The chat service: tokens, revocation, the bus.
+    pub fn chat() -> Result<Arc<Chat>, ServerFnError> {
+        use_context::<Arc<Chat>>().ok_or_else(|| ServerFnError::new("sign-in is not available"))
     }
 
-    pub fn request_headers() -> HeaderMap {
+    fn parts() -> Option<axum::http::request::Parts> {
         use_context::<axum::http::request::Parts>()
-            .map(|parts| parts.headers)
-            .unwrap_or_default()
     }
 
-    pub fn set_cookie(value: &str) {
-        if let (Some(response), Ok(value)) = (
-            use_context::<leptos_axum::ResponseOptions>(),
-            HeaderValue::from_str(value),
-        ) {
-            response.append_header(header::SET_COOKIE, value);
+    /// The valid, unrevoked claims of the request's session cookie.
+    pub async fn claims() -> Result<Claims, String> {
+        let chat = chat().map_err(|e| e.to_string())?;
+        let headers = parts().map(|p| p.headers).unwrap_or_default();
+        let token = cookie_token(&headers).ok_or("not signed in")?;
+        chat.verify_session(&token).await.map_err(|e| e.to_string())
+    }
+
+    /// The client's address, as the listener resolved it.
+    pub fn client_ip() -> IpAddr {
+        parts()
+            .and_then(|p| p.extensions.get::<Admitted>().map(|a| a.client.ip))
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// Whether the client reached us over HTTPS (as a trusted proxy says),
+    /// in which case cookies are marked `Secure`.
+    pub fn is_https() -> bool {
+        parts()
+            .and_then(|p| p.extensions.get::<Admitted>().map(|a| a.client.https))
+            .unwrap_or(false)
+    }
+
+    fn response() -> Option<leptos_axum::ResponseOptions> {
+        use_context::<leptos_axum::ResponseOptions>()
+    }
+
+    /// The HTTP status of the server function's answer.
+    pub fn set_status(status: StatusCode) {
+        if let Some(res) = response() {
+            res.set_status(status);
         }
     }
 
-    /// Issues a token for `user` and stores it in the session cookie.
-    pub fn start_session(user: &str) -> Result<Session, ServerFnError> {
-        let auth = auth()?;
+    /// `Retry-After` on the answer.
+    pub fn set_retry_after(wait: Duration) {
+        if let Some(res) = response() {
+            res.insert_header(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
+        }
+    }
+
+    pub fn set_cookie(value: &str) {
+        if let (Some(res), Ok(value)) = (response(), HeaderValue::from_str(value)) {
+            res.append_header(header::SET_COOKIE, value);
+        }
+    }
+
+    /// Issues a token for user `id` called `name` in session `sid`, and
+    /// stores it in the session cookie.
+    pub fn start_session(id: &str, name: &str, sid: &str) -> Result<Session, ServerFnError> {
+        let auth = &chat()?.auth;
         let (token, expires_at) = auth
-            .issue(user, auth.session_ttl)
+            .issue(id, name, sid, auth.session_ttl)
             .map_err(ServerFnError::new)?;
-        let secure = is_https(&request_headers());
-        set_cookie(&Auth::session_cookie(&token, auth.session_ttl, secure));
+        set_cookie(&Auth::session_cookie(&token, auth.session_ttl, is_https()));
         Ok(Session {
-            user: user.to_string(),
+            user_id: id.to_string(),
+            user: name.to_string(),
             expires_at,
         })
     }

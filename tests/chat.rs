@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::json;
-use support::ws::{self, now, token, token_with, upgrade_status, ws_url, Client, SECRET};
+use support::ws::{self, names, now, token, token_with, upgrade_status, ws_url, Client, SECRET};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -94,14 +94,14 @@ async fn rooms_deliver_to_members_only_with_presence_and_history() {
     let mut eve = Client::connect(&server, "Eve").await;
 
     let joined = ada.join("tech").await;
-    assert_eq!(joined["members"], json!(["Ada"]));
+    assert_eq!(names(&joined["members"]), ["Ada"]);
+    assert_eq!(joined["members"][0]["id"], "test-ada");
     assert_eq!(joined["history"], json!([]));
     let joined = bob.join("tech").await;
-    assert_eq!(joined["members"], json!(["Ada", "Bob"]));
-    let notice = ada.recv().await;
-    assert_eq!(notice["type"], "user-joined");
-    assert_eq!(notice["user"], "Bob");
-    assert_eq!(notice["room"], "tech");
+    assert_eq!(names(&joined["members"]), ["Ada", "Bob"]);
+    let notice = ada.joined_seen("tech", "Bob").await;
+    assert_eq!(notice["left"], json!([]));
+    assert!(notice["timestamp"].as_u64().unwrap() > 0);
     eve.join("random").await;
 
     // A spoofed `user` is ignored: the name comes from the token.
@@ -111,6 +111,7 @@ async fn rooms_deliver_to_members_only_with_presence_and_history() {
         let m = client.recv().await;
         assert_eq!(m["type"], "message");
         assert_eq!(m["user"], "Bob");
+        assert_eq!(m["user_id"], "test-bob");
         assert_eq!(m["text"], "hello");
         assert_eq!(m["room"], "tech");
         assert!(m["id"].as_str().is_some_and(|id| !id.is_empty()));
@@ -129,19 +130,20 @@ async fn rooms_deliver_to_members_only_with_presence_and_history() {
         .map(|m| m["text"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(texts, ["hello", "second"]);
-    assert_eq!(joined["members"], json!(["Ada", "Bob", "Eve"]));
+    assert_eq!(names(&joined["members"]), ["Ada", "Bob", "Eve"]);
+    // Joining again answers with the members, not the history it has.
+    let again = eve.join("tech").await;
+    assert_eq!(again["history"], json!([]));
+    assert_eq!(names(&again["members"]), ["Ada", "Bob", "Eve"]);
 
     // Leaving answers `left` and tells the others; so does disconnecting.
     eve.send(json!({"type": "leave", "room": "tech"})).await;
     assert_eq!(eve.recv().await, json!({"type": "left", "room": "tech"}));
     for client in [&mut ada, &mut bob] {
-        let v = client.recv_type("user-left").await;
-        assert_eq!(v["user"], "Eve");
+        client.left_seen("tech", "Eve").await;
     }
     drop(bob);
-    let v = ada.recv_type("user-left").await;
-    assert_eq!(v["user"], "Bob");
-    assert_eq!(v["room"], "tech");
+    ada.left_seen("tech", "Bob").await;
 }
 
 #[tokio::test]
@@ -212,7 +214,7 @@ async fn the_101st_message_in_a_minute_is_rate_limited_and_not_broadcast() {
     let mut bob = Client::connect(&server, "Bob").await;
     ada.join("general").await;
     bob.join("general").await;
-    ada.recv_type("user-joined").await;
+    ada.joined_seen("general", "Bob").await;
 
     for i in 0..100 {
         ada.say("general", &format!("m{i}")).await;
@@ -253,7 +255,7 @@ async fn a_connection_closes_with_4001_when_its_token_expires() {
 async fn a_client_that_stops_reading_is_dropped_and_the_others_keep_up() {
     let server = ws::start(&[
         ("PULSE_RATE_LIMIT_PER_MIN", "1000000"),
-        ("PULSE_WS_QUEUE", "32"),
+        ("PULSE_WS_QUEUE_BYTES", "65536"),
     ])
     .await;
     let mut stuck = Client::connect_small_buffer(&server, "Stuck").await;
@@ -262,7 +264,7 @@ async fn a_client_that_stops_reading_is_dropped_and_the_others_keep_up() {
     reader.join("general").await;
     let mut talker = Client::connect(&server, "Talker").await;
     talker.join("general").await;
-    reader.recv_type("user-joined").await;
+    reader.joined_seen("general", "Talker").await;
 
     // Enough text to fill the stuck client's socket and queue many times over.
     let text = "y".repeat(2000);
@@ -270,10 +272,10 @@ async fn a_client_that_stops_reading_is_dropped_and_the_others_keep_up() {
     let reading = tokio::spawn(async move {
         let (mut messages, mut stuck_left) = (0, false);
         while messages < sends {
-            let v = reader.recv().await;
+            let v = reader.recv_any().await;
             match v["type"].as_str() {
                 Some("message") => messages += 1,
-                Some("user-left") => stuck_left |= v["user"] == "Stuck",
+                Some("presence") => stuck_left |= names(&v["left"]).iter().any(|n| n == "Stuck"),
                 _ => panic!("unexpected {v}"),
             }
         }
@@ -288,8 +290,7 @@ async fn a_client_that_stops_reading_is_dropped_and_the_others_keep_up() {
         .wait_metric("pulse_slow_clients_dropped_total", 1.0)
         .await;
     if !stuck_left {
-        let v = reader.recv_type("user-left").await;
-        assert_eq!(v["user"], "Stuck");
+        reader.left_seen("general", "Stuck").await;
     }
     server
         .wait_metric("pulse_open_connections{transport=\"ws\"}", 2.0)
@@ -362,6 +363,7 @@ async fn sign_in_sets_an_http_only_cookie_that_opens_a_socket() {
     assert!(cookie.contains("Max-Age=3600"), "{cookie}");
     let body: serde_json::Value = serde_json::from_str(&res.text().await.unwrap()).unwrap();
     assert_eq!(body["user"], "Grace");
+    assert!(body["user_id"].as_str().is_some_and(|id| id.len() == 32));
 
     let pair = cookie.split(';').next().unwrap().to_string();
     assert_eq!(
@@ -375,12 +377,12 @@ async fn sign_in_sets_an_http_only_cookie_that_opens_a_socket() {
         .send()
         .await
         .unwrap();
-    assert!(!res.status().is_success());
+    assert_eq!(res.status(), 400);
     assert!(res.headers().get("set-cookie").is_none());
 
     // `pulse token` mints tokens the server accepts.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
-        .args(["token", "--sub", "script", "--ttl", "5m"])
+        .args(["token", "--name", "script", "--ttl", "5m"])
         .env("PULSE_JWT_SECRET", SECRET)
         .output()
         .unwrap();
@@ -491,4 +493,30 @@ async fn readyz_healthz_and_the_dashboard_stream() {
             .await,
         1.0
     );
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_the_rfc_6455_codes() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let server = ws::start(&[]).await;
+
+    // A text frame that is not UTF-8: 1007.
+    let mut c = Client::connect(&server, "Ada").await;
+    let bad_text = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    c.send_raw(Message::Frame(bad_text)).await;
+    let frame = c.closed().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1007, "{frame:?}");
+
+    // Reserved bits with no extension agreed: 1002.
+    let mut c = Client::connect(&server, "Ada").await;
+    let mut rsv = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+    rsv.header_mut().rsv1 = true;
+    c.send_raw(Message::Frame(rsv)).await;
+    let frame = c.closed().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1002, "{frame:?}");
+
+    // Others are not affected.
+    let mut ok = Client::connect(&server, "Bob").await;
+    ok.join("general").await;
 }

@@ -3,9 +3,8 @@
 
 mod support;
 
-use serde_json::json;
 use support::redis::Redis;
-use support::ws::{self, token, Client};
+use support::ws::{self, names, token, Client};
 use support::Server;
 
 async fn instance(redis: &Redis) -> Server {
@@ -25,12 +24,11 @@ async fn instances_share_rooms_presence_history_and_notifications() {
     ada.join("tech").await;
     let joined = bob.join("tech").await;
     assert_eq!(
-        joined["members"],
-        json!(["Ada", "Bob"]),
+        names(&joined["members"]),
+        ["Ada", "Bob"],
         "members are the union"
     );
-    let notice = ada.recv_type("user-joined").await;
-    assert_eq!(notice["user"], "Bob");
+    ada.joined_seen("tech", "Bob").await;
 
     bob.say("tech", "hello from b").await;
     assert_eq!(bob.recv_type("message").await["text"], "hello from b");
@@ -52,11 +50,11 @@ async fn instances_share_rooms_presence_history_and_notifications() {
         .map(|m| m["text"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(texts, ["hello from b", "hello from a"]);
-    assert_eq!(joined["members"], json!(["Ada", "Bob", "Cy"]));
+    assert_eq!(names(&joined["members"]), ["Ada", "Bob", "Cy"]);
 
     // Leaving on one instance is seen on the other.
     drop(bob);
-    assert_eq!(ada.recv_type("user-left").await["user"], "Bob");
+    ada.left_seen("tech", "Bob").await;
 
     // A notification published on A reaches the feed on B.
     let mut feed = support::Sse::open(&b.url, None).await;
@@ -154,14 +152,13 @@ async fn the_members_of_a_dead_instance_drop_out() {
     let mut bob = Client::connect(&b, "Bob").await;
     ada.join("random").await;
     bob.join("random").await;
-    assert_eq!(ada.recv_type("user-joined").await["user"], "Bob");
+    ada.joined_seen("random", "Bob").await;
 
     // B dies without a word: no leave, no close.
     b.child.kill().await.unwrap();
-    let left = ada.recv_type("user-left").await;
-    assert_eq!(left["user"], "Bob");
+    ada.left_seen("random", "Bob").await;
     let mut cy = Client::connect(&a, "Cy").await;
-    assert_eq!(cy.join("random").await["members"], json!(["Ada", "Cy"]));
+    assert_eq!(names(&cy.join("random").await["members"]), ["Ada", "Cy"]);
     drop(bob);
 }
 
@@ -221,8 +218,12 @@ async fn sigterm_drains_an_instance_and_metrics_count_what_happened() {
     a.wait_ready(200).await;
     let mut ada = Client::connect(&a, "Ada").await;
     let mut amy = Client::connect(&a, "Amy").await;
+    // One presence frame each (Ada waits for it before Amy joins, so the
+    // two are not gathered into one).
     ada.join("general").await;
+    ada.joined_seen("general", "Ada").await;
     amy.join("general").await;
+    ada.joined_seen("general", "Amy").await;
     for i in 0..3 {
         ada.say("general", &format!("m{i}")).await;
         assert_eq!(amy.recv_type("message").await["text"], format!("m{i}"));
@@ -237,7 +238,7 @@ async fn sigterm_drains_an_instance_and_metrics_count_what_happened() {
         "2 joins + 3 messages"
     );
     assert_eq!(a.metric("pulse_rate_limited_total").await, 0.0);
-    // Published to Redis: two user-joined notices and three messages.
+    // Published to Redis: two presence frames and three messages.
     a.wait_metric("pulse_broker_publish_seconds_count", 5.0)
         .await;
 
@@ -257,4 +258,108 @@ async fn sigterm_drains_an_instance_and_metrics_count_what_happened() {
         .unwrap();
     assert!(status.success());
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// Signs in on `server` as `name` from the site's own page; the cookie.
+async fn sign_in(server: &Server, name: &str) -> String {
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/sign_in", server.url))
+        .header("origin", &server.url)
+        .form(&[("name", name)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A chat connection with a session cookie.
+async fn connect_cookie(server: &Server, cookie: &str) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = ws::ws_url(server).into_client_request().unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+    Client { ws }
+}
+
+#[tokio::test]
+async fn signing_out_on_one_instance_closes_the_sessions_sockets_on_every_instance() {
+    let redis = Redis::start().await;
+    let a = instance(&redis).await;
+    let b = instance(&redis).await;
+    a.wait_ready(200).await;
+    b.wait_ready(200).await;
+    let cookie = sign_in(&a, "Ada").await;
+    let mut on_b = connect_cookie(&b, &cookie).await;
+    on_b.join("general").await;
+
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/sign_out", a.url))
+        .header("origin", &a.url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let frame = on_b.closed().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 4001);
+    let with_cookie = [("cookie", cookie.as_str())];
+    assert_eq!(ws::upgrade_status(&ws::ws_url(&b), &with_cookie).await, 401);
+    // An instance started after the sign-out learns it from Redis.
+    let c = instance(&redis).await;
+    c.wait_ready(200).await;
+    assert_eq!(ws::upgrade_status(&ws::ws_url(&c), &with_cookie).await, 401);
+}
+
+#[tokio::test]
+async fn every_key_pulse_writes_to_redis_expires() {
+    let redis = Redis::start().await;
+    let a = instance(&redis).await;
+    a.wait_ready(200).await;
+    let mut ada = Client::connect(&a, "Ada").await;
+    ada.join("ttl-room").await;
+    ada.say("ttl-room", "kept a while").await;
+    ada.recv_type("message").await;
+    let cookie = sign_in(&a, "Bob").await;
+    reqwest::Client::new()
+        .post(format!("{}/api/sign_out", a.url))
+        .header("origin", &a.url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    let keys = loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("pulse:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let has = |prefix: &str| keys.iter().any(|k| k.starts_with(prefix));
+        if has("pulse:history:ttl-room") && has("pulse:presence:ttl-room") && has("pulse:revoked:")
+        {
+            break keys;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "keys: {keys:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} has no expiry (PTTL {ttl})");
+    }
 }

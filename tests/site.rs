@@ -110,3 +110,49 @@ fn invalid_settings_are_refused_with_a_clear_message() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("PULSE_FEED_BACKLOG"), "{err}");
 }
+
+#[tokio::test]
+async fn pages_carry_a_csp_with_their_scripts_nonce_and_the_security_headers() {
+    let server = Server::start(&[]).await;
+    for path in ["/", "/chat", "/rooms", "/dashboard", "/no/such/page"] {
+        let res = reqwest::get(format!("{}{path}", server.url)).await.unwrap();
+        let h = res.headers().clone();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "same-origin", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap().to_string();
+        for directive in [
+            "default-src 'self'",
+            "'wasm-unsafe-eval'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {directive} in {csp}");
+        }
+        let nonce = csp
+            .split("'nonce-")
+            .nth(1)
+            .and_then(|rest| rest.split('\'').next())
+            .expect("a nonce in the policy");
+        let html = res.text().await.unwrap();
+        // Every inline script of the page carries the policy's nonce.
+        let scripts = html.matches("<script").count();
+        assert!(scripts > 0, "{path}: scripts");
+        assert_eq!(
+            html.matches(&format!("nonce=\"{nonce}\"")).count(),
+            html.matches("nonce=\"").count(),
+            "{path}: every nonce is the policy's"
+        );
+        assert!(html.contains(&format!("nonce=\"{nonce}\"")), "{path}");
+    }
+    // Each response has its own nonce.
+    let csp = |r: reqwest::Response| r.headers()["content-security-policy"].clone();
+    let one = csp(reqwest::get(&server.url).await.unwrap());
+    let two = csp(reqwest::get(&server.url).await.unwrap());
+    assert_ne!(one, two);
+    // Assets and APIs carry the headers too.
+    let res = reqwest::get(format!("{}/healthz", server.url))
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+}

@@ -84,6 +84,12 @@ impl Server {
         cmd.env("LEPTOS_SITE_ADDR", &addr)
             .env("PULSE_JWT_SECRET", SECRET)
             .env("PULSE_RATE_LIMIT_PER_MIN", "100000000")
+            // Every client of a load test comes from one address, and the
+            // scenarios share a token per role: lift the per-address and
+            // per-user caps (the server-wide one stays).
+            .env("PULSE_MAX_CONNECTIONS_PER_IP", "1000000")
+            .env("PULSE_MAX_SOCKETS_PER_USER", "1000000")
+            .env("PULSE_METRICS_ADDR", "off")
             .env("RUST_LOG", "warn,pulse=info")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -111,9 +117,9 @@ impl Server {
         proc_usage(self.pid)
     }
 
-    async fn token(&self, sub: &str) -> Res<String> {
+    async fn token(&self, name: &str) -> Res<String> {
         let out = Command::new(&self.bin)
-            .args(["token", "--sub", sub, "--ttl", "2h"])
+            .args(["token", "--name", name, "--ttl", "2h"])
             .env("PULSE_JWT_SECRET", SECRET)
             .output()
             .await?;

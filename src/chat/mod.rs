@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 
 use leptos::prelude::*;
 
-use crate::protocol::{ChatMessage, ServerMessage, MAX_NAME_CHARS, MAX_TEXT_CHARS};
+use crate::protocol::{
+    user_tag, ChatMessage, Member, ServerMessage, MAX_NAME_CHARS, MAX_TEXT_CHARS,
+};
 use crate::session::{current_session, sign_out, Session, SignIn as SignInFn};
 use crate::time::format_time;
 
@@ -67,8 +69,10 @@ pub struct Entry {
 pub enum EntryKind {
     /// Someone said something.
     Message {
-        /// Author.
+        /// Author's display name.
         user: String,
+        /// The tag that tells authors of one name apart.
+        tag: String,
         /// Text (always rendered as text).
         text: String,
     },
@@ -79,8 +83,8 @@ pub enum EntryKind {
 /// What the client knows of one joined room.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RoomView {
-    /// Members, sorted.
-    pub members: Vec<String>,
+    /// Members, sorted by name then id.
+    pub members: Vec<Member>,
     /// Messages and notices, oldest first.
     pub entries: Vec<Entry>,
 }
@@ -95,6 +99,7 @@ impl RoomView {
             timestamp: m.timestamp,
             kind: EntryKind::Message {
                 user: m.user,
+                tag: user_tag(&m.user_id),
                 text: m.text,
             },
         };
@@ -163,21 +168,36 @@ impl ChatState {
                     view.add_message(m);
                 }
             }),
-            ServerMessage::UserJoined {
+            ServerMessage::Presence {
                 room,
-                user,
+                joined,
+                left,
                 timestamp,
-            } => self.notice(&room, timestamp, format!("{user} joined"), |m| {
-                if let Err(at) = m.binary_search(&user) {
-                    m.insert(at, user.clone());
+            } => self.rooms.update(|rooms| {
+                let Some(view) = rooms.get_mut(&room) else {
+                    return;
+                };
+                // Only real changes are told: a diff may repeat what the
+                // `joined` answer already listed.
+                let came: Vec<Member> = joined
+                    .into_iter()
+                    .filter(|m| !view.members.iter().any(|x| x.id == m.id))
+                    .collect();
+                let went: Vec<Member> = left
+                    .into_iter()
+                    .filter(|m| view.members.iter().any(|x| x.id == m.id))
+                    .collect();
+                view.members.retain(|x| !went.iter().any(|m| m.id == x.id));
+                view.members.extend(came.iter().cloned());
+                view.members
+                    .sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+                for (who, verb) in [(&came, "joined"), (&went, "left")] {
+                    if !who.is_empty() {
+                        let key = self.next_notice.get_value();
+                        self.next_notice.set_value(key + 1);
+                        view.add_notice(key, timestamp, format!("{} {verb}", names(who)));
+                    }
                 }
-            }),
-            ServerMessage::UserLeft {
-                room,
-                user,
-                timestamp,
-            } => self.notice(&room, timestamp, format!("{user} left"), |m| {
-                m.retain(|u| *u != user)
             }),
             ServerMessage::Message(m) => self.rooms.update(|rooms| {
                 if let Some(view) = rooms.get_mut(&m.room) {
@@ -190,22 +210,20 @@ impl ChatState {
             ServerMessage::Error { message, .. } => self.error.set(Some(message)),
         }
     }
+}
 
-    fn notice(
-        &self,
-        room: &str,
-        timestamp: u64,
-        text: String,
-        members: impl FnOnce(&mut Vec<String>),
-    ) {
-        let key = self.next_notice.get_value();
-        self.next_notice.set_value(key + 1);
-        self.rooms.update(|rooms| {
-            if let Some(view) = rooms.get_mut(room) {
-                members(&mut view.members);
-                view.add_notice(key, timestamp, text);
-            }
-        });
+/// "Ada #3f9c", "Ada #3f9c and Bob #0a1b", "Ada #3f9c, Bob #0a1b and 3 others".
+fn names(members: &[Member]) -> String {
+    let shown: Vec<String> = members
+        .iter()
+        .take(2)
+        .map(|m| format!("{} {}", m.name, user_tag(&m.id)))
+        .collect();
+    match members.len() {
+        0 => String::new(),
+        1 => shown[0].clone(),
+        2 => format!("{} and {}", shown[0], shown[1]),
+        n => format!("{}, {} and {} others", shown[0], shown[1], n - 2),
     }
 }
 
@@ -330,6 +348,10 @@ fn Connected(state: ChatState, body: fn(ChatState, Connection) -> AnyView) -> im
                 <strong data-testid="whoami">
                     {move || state.session.with(|s| s.as_ref().map(|s| s.user.clone()))}
                 </strong>
+                " "
+                <span class="user-tag" data-testid="whoami-tag">
+                    {move || state.session.with(|s| s.as_ref().map(|s| user_tag(&s.user_id)))}
+                </span>
             </span>
             <button type="button" class="link" on:click=on_sign_out>"Sign out"</button>
         </div>
@@ -410,9 +432,10 @@ pub fn MessageList(state: ChatState, #[prop(into)] room: Signal<String>) -> impl
                 children=move |e| {
                     let time = format_time(e.timestamp, true);
                     match e.kind {
-                        EntryKind::Message { user, text } => view! {
+                        EntryKind::Message { user, tag, text } => view! {
                             <li class="msg">
                                 <span class="msg-user">{user}</span>
+                                <span class="user-tag">{tag}</span>
                                 <time class="msg-time">{time}</time>
                                 <span class="msg-text">{text}</span>
                             </li>

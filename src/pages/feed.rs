@@ -70,8 +70,14 @@ pub async fn publish_notification(text: String) -> Result<(), ServerFnError> {
         .ok_or_else(|| ServerFnError::new("notifications are not available"))?;
     service
         .publish_from_session(&headers, &text)
+        .await
         .map(|_| ())
-        .map_err(|e| ServerFnError::new(e.message()))
+        .map_err(|e| {
+            if let Some(res) = use_context::<leptos_axum::ResponseOptions>() {
+                res.set_status(e.status());
+            }
+            ServerFnError::new(e.message())
+        })
 }
 
 /// One line of the event list.
@@ -252,6 +258,7 @@ fn LiveFeed(initial: Vec<FeedItem>) -> impl IntoView {
                         view! {
                             <li class="note">
                                 <span class="note-user">{n.user}</span>
+                                <span class="user-tag">{n.tag}</span>
                                 <time class="event-time">{move || format_time(ts, hydrated.get())}</time>
                                 <span class="note-text">{n.text}</span>
                             </li>
@@ -303,7 +310,10 @@ fn PublishForm() -> impl IntoView {
 #[derive(Clone, Debug, PartialEq)]
 struct Note {
     id: String,
+    /// The author's display name.
     user: String,
+    /// The tag that tells authors of the same name apart.
+    tag: String,
     text: String,
     timestamp: u64,
 }
@@ -313,12 +323,14 @@ impl Note {
         match event {
             FeedEvent::Notification {
                 id,
+                user_id,
                 user,
                 text,
                 timestamp,
             } => Some(Note {
                 id: id.clone(),
                 user: user.clone(),
+                tag: crate::protocol::user_tag(user_id),
                 text: text.clone(),
                 timestamp: *timestamp,
             }),

@@ -121,7 +121,20 @@ fn rooms(state: ChatState, conn: Connection) -> AnyView {
             <aside class="members">
                 <h2>"Members"</h2>
                 <ul data-testid="members">
-                    <For each=members key=|m| m.clone() children=|m| view! { <li>{m}</li> }/>
+                    <For
+                        each=members
+                        key=|m| m.id.clone()
+                        children=|m| {
+                            let tag = crate::protocol::user_tag(&m.id);
+                            view! {
+                                <li>
+                                    <span class="member-name">{m.name}</span>
+                                    " "
+                                    <span class="user-tag">{tag}</span>
+                                </li>
+                            }
+                        }
+                    />
                 </ul>
             </aside>
         </div>

@@ -23,7 +23,7 @@ pub const MAX_TEXT_CHARS: usize = 2000;
 /// Largest frame a client may send; a bigger one closes with 1009.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024;
 /// Longest display name, in characters, after trimming.
-pub const MAX_NAME_CHARS: usize = 24;
+pub const MAX_NAME_CHARS: usize = 32;
 
 /// Close code: the token expired (sign in or renew, then reconnect).
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
@@ -35,6 +35,10 @@ pub const CLOSE_PING_TIMEOUT: u16 = 4003;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: the server is shutting down (reconnect, maybe elsewhere).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: the client broke the WebSocket protocol (RFC 6455).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code: a text frame that is not valid UTF-8 (RFC 6455).
+pub const CLOSE_INVALID_DATA: u16 = 1007;
 
 /// A frame from client to server.
 ///
@@ -61,6 +65,26 @@ pub enum ClientMessage {
     },
 }
 
+/// Someone in a room: their id (unique, stable) and display name (shown,
+/// and not unique: two people may share one).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Member {
+    /// The user's id, from their token.
+    pub id: String,
+    /// Their display name, from their token.
+    pub name: String,
+}
+
+/// A short tag derived from a user id, shown beside the display name so two
+/// people with the same name can be told apart (`Ada #3f9c`).
+pub fn user_tag(id: &str) -> String {
+    // FNV-1a: a stable, well-spread hash that is the same on both sides.
+    let hash = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("#{:04x}", hash & 0xffff)
+}
+
 /// A chat message, as stored in a room's history and sent to its members.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -68,6 +92,8 @@ pub struct ChatMessage {
     pub room: String,
     /// Unique id (time-ordered), for de-duplication.
     pub id: String,
+    /// Id of the author, from their token.
+    pub user_id: String,
     /// Display name of the author, from their token.
     pub user: String,
     /// The text, trimmed.
@@ -84,26 +110,25 @@ pub enum ServerMessage {
     Joined {
         /// Room name.
         room: String,
-        /// Display names of the members, sorted, oneself included.
-        members: Vec<String>,
-        /// The room's latest messages, oldest first.
+        /// Who is in the room, sorted by name then id, oneself included.
+        members: Vec<Member>,
+        /// The room's latest messages, oldest first; empty when the
+        /// connection was in the room already.
         history: Vec<ChatMessage>,
     },
-    /// Someone else entered a room one is in.
-    UserJoined {
+    /// Who entered and who left a room one is in, since the last such frame.
+    /// Changes are gathered for a short while (100 ms) and sent as one
+    /// frame, so a crowd joining at once costs each member one frame per
+    /// interval rather than one per joiner. Applying one to the member list
+    /// in order keeps it exact; entries may repeat what `joined` already
+    /// listed.
+    Presence {
         /// Room name.
         room: String,
-        /// Their display name.
-        user: String,
-        /// Server time, ms since the epoch.
-        timestamp: u64,
-    },
-    /// Someone else left a room one is in (or disconnected).
-    UserLeft {
-        /// Room name.
-        room: String,
-        /// Their display name.
-        user: String,
+        /// Who is in the room now and may not have been before.
+        joined: Vec<Member>,
+        /// Who has left (closed their last connection in the room).
+        left: Vec<Member>,
         /// Server time, ms since the epoch.
         timestamp: u64,
     },
@@ -149,14 +174,6 @@ pub fn is_valid_room(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// The display name for `raw`, trimmed, if it is 1–24 characters without
-/// control characters.
-pub fn valid_display_name(raw: &str) -> Option<&str> {
-    let name = raw.trim();
-    let len = name.chars().count();
-    ((1..=MAX_NAME_CHARS).contains(&len) && !name.chars().any(char::is_control)).then_some(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +196,7 @@ mod tests {
         let out = ServerMessage::Message(ChatMessage {
             room: "a".into(),
             id: "1".into(),
+            user_id: "i".into(),
             user: "u".into(),
             text: "t".into(),
             timestamp: 5,
@@ -186,7 +204,7 @@ mod tests {
         let json = serde_json::to_string(&out).unwrap();
         assert_eq!(
             json,
-            r#"{"type":"message","room":"a","id":"1","user":"u","text":"t","timestamp":5}"#
+            r#"{"type":"message","room":"a","id":"1","user_id":"i","user":"u","text":"t","timestamp":5}"#
         );
         let err = ServerMessage::Error {
             code: ErrorCode::NotInRoom,
@@ -200,14 +218,15 @@ mod tests {
     }
 
     #[test]
-    fn room_and_display_names() {
+    fn room_names_and_user_tags() {
         assert!(is_valid_room("general"));
         assert!(is_valid_room("a-b_9"));
         assert!(!is_valid_room(""));
         assert!(!is_valid_room("Upper"));
         assert!(!is_valid_room(&"x".repeat(33)));
-        assert_eq!(valid_display_name("  Ada  "), Some("Ada"));
-        assert_eq!(valid_display_name("   "), None);
-        assert_eq!(valid_display_name(&"é".repeat(25)), None);
+        // Tags are stable and tell ids apart.
+        assert_eq!(user_tag("u1"), user_tag("u1"));
+        assert_ne!(user_tag("u1"), user_tag("u2"));
+        assert_eq!(user_tag("anything").len(), 5);
     }
 }

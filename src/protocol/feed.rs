@@ -35,6 +35,8 @@ pub enum FeedEvent {
     Notification {
         /// Unique id (time-ordered).
         id: String,
+        /// Id of the publisher, from their token.
+        user_id: String,
         /// Display name of the publisher, from their token.
         user: String,
         /// The text, trimmed (1–2000 characters).

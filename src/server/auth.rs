@@ -6,25 +6,58 @@
 //! `exp`, so accepting a token "a little expired" would only open a socket to
 //! close it at once.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderMap};
 use cookie::{Cookie, SameSite};
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{SESSION_COOKIE, TOKEN_PARAM};
+use crate::server::admission::address_key;
+use crate::server::text;
 
 /// The claims pulse reads and writes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
-    /// Display name of the user.
+    /// The user's id: stable and unique (a UUIDv7 minted at sign-in, or
+    /// `pulse token --id`). Every limit, presence entry and message author is
+    /// keyed by it; two people may share a name, never an id.
     pub sub: String,
+    /// Display name: only ever shown.
+    pub name: String,
+    /// The sign-in session this token belongs to; signing out revokes it.
+    pub sid: String,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
-    /// Issued at, seconds since the Unix epoch.
-    #[serde(default)]
+    /// Issued at, seconds since the Unix epoch (required: it bounds the
+    /// token's lifetime).
     pub iat: u64,
+}
+
+/// Longest id (`sub`, `sid`) accepted.
+const MAX_ID_LEN: usize = 64;
+
+/// How far a token's `iat` may lie in the future (clock skew between instances).
+const MAX_CLOCK_SKEW_S: u64 = 60;
+
+/// Whether `id` is a user or session id: 1-64 characters of `A-Z a-z 0-9 - _ . : @`.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
+}
+
+/// A fresh id for a user or a session: unique across instances.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
 }
 
 /// Why a request is not authenticated.
@@ -46,7 +79,7 @@ impl std::fmt::Display for AuthError {
     }
 }
 
-/// Issues and checks tokens with one secret.
+/// Issues and checks tokens with one secret, and remembers revoked sessions.
 pub struct Auth {
     /// Signs new tokens.
     encoding: EncodingKey,
@@ -56,6 +89,13 @@ pub struct Auth {
     validation: Validation,
     /// Lifetime of a sign-in session.
     pub session_ttl: Duration,
+    /// Longest lifetime (`exp - iat`) of any token accepted or issued.
+    max_ttl: Duration,
+    /// Sessions signed out, with the time (Unix seconds) their tokens would
+    /// have expired: kept until then, and no longer.
+    revoked: Mutex<HashMap<String, u64>>,
+    /// Guest sign-ins per client address (an IPv6 /64 counts as one).
+    sign_ins: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 /// Seconds since the Unix epoch.
@@ -67,8 +107,14 @@ pub fn now_secs() -> u64 {
 }
 
 impl Auth {
-    /// Tokens signed with `secret`.
-    pub fn new(secret: &[u8], session_ttl: Duration) -> Self {
+    /// Tokens signed with `secret`, sessions of `session_ttl`, no token living
+    /// longer than `max_ttl`.
+    pub fn new(
+        secret: &[u8],
+        session_ttl: Duration,
+        max_ttl: Duration,
+        sign_ins_per_min: u32,
+    ) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -76,8 +122,20 @@ impl Auth {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
-            session_ttl,
+            session_ttl: session_ttl.min(max_ttl),
+            max_ttl,
+            revoked: Mutex::new(HashMap::new()),
+            sign_ins: RateLimiter::keyed(Quota::per_minute(
+                NonZeroU32::new(sign_ins_per_min).unwrap_or(NonZeroU32::MIN),
+            )),
         }
+    }
+
+    /// `Ok` if a client at `ip` may sign in now, else how long to wait.
+    pub fn check_sign_in(&self, ip: IpAddr) -> Result<(), Duration> {
+        self.sign_ins
+            .check_key(&address_key(ip))
+            .map_err(|not_until| not_until.wait_time_from(self.sign_ins.clock().now()))
     }
 
     /// A random 256-bit secret, for servers started without one.
@@ -86,12 +144,21 @@ impl Auth {
         (0..32).map(|_| rng.u8(..)).collect()
     }
 
-    /// A token for `sub`, valid for `ttl`; returns it with its `exp`.
-    pub fn issue(&self, sub: &str, ttl: Duration) -> Result<(String, u64), String> {
+    /// A token for user `id` called `name` in session `sid`, valid for `ttl`
+    /// (at most the longest lifetime); returns it with its `exp`.
+    pub fn issue(
+        &self,
+        id: &str,
+        name: &str,
+        sid: &str,
+        ttl: Duration,
+    ) -> Result<(String, u64), String> {
         let iat = now_secs();
         let claims = Claims {
-            sub: sub.to_string(),
-            exp: iat + ttl.as_secs().max(1),
+            sub: id.to_string(),
+            name: name.to_string(),
+            sid: sid.to_string(),
+            exp: iat + ttl.min(self.max_ttl).as_secs().max(1),
             iat,
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -99,32 +166,58 @@ impl Auth {
         Ok((token, claims.exp))
     }
 
-    /// The claims of a valid token.
+    /// The claims of a valid token: well signed, not expired, not issued in
+    /// the future, not living longer than allowed, with a valid id, name and
+    /// session that has not been revoked here.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let claims = data.claims;
-        let name = claims.sub.trim();
-        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        let mut claims = data.claims;
+        if !is_valid_id(&claims.sub) || !is_valid_id(&claims.sid) {
             return Err(AuthError::Invalid(
-                "sub must be a display name of 1-64 characters".into(),
+                "sub and sid must be ids of 1-64 characters of A-Z, a-z, 0-9, -_.:@".into(),
             ));
         }
-        Ok(Claims {
-            sub: name.to_string(),
-            ..claims
-        })
+        claims.name = text::display_name(&claims.name)
+            .map_err(|why| AuthError::Invalid(format!("name: {why}")))?;
+        if claims.iat > now_secs() + MAX_CLOCK_SKEW_S {
+            return Err(AuthError::Invalid("iat is in the future".into()));
+        }
+        if claims.exp.saturating_sub(claims.iat) > self.max_ttl.as_secs() {
+            return Err(AuthError::Invalid(format!(
+                "the token lives longer than {}s (PULSE_MAX_TOKEN_TTL_S)",
+                self.max_ttl.as_secs()
+            )));
+        }
+        if self.is_revoked(&claims.sid) {
+            return Err(AuthError::Invalid("the session was signed out".into()));
+        }
+        Ok(claims)
     }
 
-    /// Checks the token a request carries: the `Authorization: Bearer`
-    /// header first, then the session cookie, then the `token` query parameter.
-    pub fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        query: Option<&str>,
-    ) -> Result<Claims, AuthError> {
-        let token = token_from(headers, query).ok_or(AuthError::Missing)?;
-        self.verify(&token)
+    fn revoked(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+        // Inserts and removes are each complete: a panic elsewhere cannot
+        // leave the map half-changed.
+        self.revoked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers that session `sid`, whose tokens expire at `exp`, was signed out.
+    pub fn revoke(&self, sid: &str, exp: u64) {
+        self.revoked().insert(sid.to_string(), exp);
+    }
+
+    /// Whether session `sid` was signed out (as far as this instance knows).
+    pub fn is_revoked(&self, sid: &str) -> bool {
+        self.revoked().contains_key(sid)
+    }
+
+    /// Forgets revocations whose tokens have expired anyway, and the
+    /// sign-in limit's state of quiet addresses.
+    pub fn forget_expired(&self) {
+        let now = now_secs();
+        self.revoked().retain(|_, exp| *exp >= now);
+        self.sign_ins.retain_recent();
+        self.sign_ins.shrink_to_fit();
     }
 
     /// `Set-Cookie` value that stores `token` as the session for `ttl`.
@@ -152,19 +245,6 @@ impl Auth {
     }
 }
 
-/// Whether the client reached us over HTTPS (directly or through a proxy that
-/// says so), in which case cookies are marked `Secure`.
-pub fn is_https(headers: &HeaderMap) -> bool {
-    headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
-        || headers
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("https://"))
-}
-
 /// The session cookie's token, if the request has one.
 pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
     headers
@@ -190,7 +270,9 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+/// The token a request carries: the `Authorization: Bearer` header first,
+/// then the session cookie, then the `token` query parameter.
+pub fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     bearer_token(headers)
         .or_else(|| cookie_token(headers))
         .or_else(|| {
@@ -207,30 +289,88 @@ fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
 mod tests {
     use super::*;
 
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
     fn auth() -> Auth {
         Auth::new(
-            b"0123456789abcdef0123456789abcdef",
+            SECRET,
             Duration::from_secs(3600),
+            Duration::from_secs(86400),
+            2,
         )
+    }
+
+    fn sign(claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
     }
 
     #[test]
     fn issued_tokens_verify_and_others_do_not() {
         let a = auth();
-        let (token, exp) = a.issue("Ada", Duration::from_secs(60)).unwrap();
+        let (token, exp) = a.issue("u1", "Ada", "s1", Duration::from_secs(60)).unwrap();
         let claims = a.verify(&token).unwrap();
-        assert_eq!(claims.sub, "Ada");
+        assert_eq!((claims.sub.as_str(), claims.name.as_str()), ("u1", "Ada"));
         assert_eq!(claims.exp, exp);
 
         let other = Auth::new(
             b"another secret of thirty-two bytes!",
-            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            2,
         );
         assert!(matches!(other.verify(&token), Err(AuthError::Invalid(_))));
         assert!(matches!(
             a.verify("not.a.token"),
             Err(AuthError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn lifetimes_are_bounded_and_iat_is_required() {
+        let a = auth();
+        let now = now_secs();
+        let ok =
+            serde_json::json!({"sub": "u", "name": "N", "sid": "s", "iat": now, "exp": now + 3600});
+        assert!(a.verify(&sign(ok)).is_ok());
+        let century = serde_json::json!({"sub": "u", "name": "N", "sid": "s", "iat": now, "exp": now + 100 * 365 * 86400});
+        assert!(a.verify(&sign(century)).is_err());
+        let no_iat = serde_json::json!({"sub": "u", "name": "N", "sid": "s", "exp": now + 60});
+        assert!(a.verify(&sign(no_iat)).is_err());
+        let future = serde_json::json!({"sub": "u", "name": "N", "sid": "s", "iat": now + 3600, "exp": now + 7200});
+        assert!(a.verify(&sign(future)).is_err());
+        // Issuing is capped the same way.
+        let (token, exp) = a
+            .issue("u", "N", "s", Duration::from_secs(10 * 86400))
+            .unwrap();
+        assert!(exp <= now_secs() + 86400);
+        assert!(a.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn a_revoked_session_no_longer_verifies() {
+        let a = auth();
+        let (token, exp) = a.issue("u", "Ada", "s1", Duration::from_secs(60)).unwrap();
+        let (other, _) = a.issue("u", "Ada", "s2", Duration::from_secs(60)).unwrap();
+        a.revoke("s1", exp);
+        assert!(a.verify(&token).is_err());
+        assert!(a.verify(&other).is_ok(), "only that session");
+        a.forget_expired();
+        assert!(a.is_revoked("s1"), "kept until the token would expire");
+    }
+
+    #[test]
+    fn sign_ins_are_limited_per_address() {
+        let a = auth();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(a.check_sign_in(ip).is_ok());
+        assert!(a.check_sign_in(ip).is_ok());
+        assert!(a.check_sign_in(ip).is_err(), "the third in a minute");
+        assert!(a.check_sign_in("192.0.2.2".parse().unwrap()).is_ok());
     }
 
     #[test]

@@ -10,10 +10,13 @@
 //! once in the log and on `/readyz`, and one supervisor task reconnects (every
 //! second) and resubscribes, so cross-instance delivery resumes by itself.
 //!
-//! Keys: `pulse:bus` (channel), `pulse:history:{room}` (list, last 50 JSON
-//! messages), `pulse:presence:{room}` (sorted set of `{instance}|{user}`
+//! Keys, every one with a TTL so nothing grows with the room names ever
+//! used: `pulse:bus` (channel), `pulse:history:{room}` (list, last 50 JSON
+//! messages; expires `PULSE_HISTORY_TTL_S` after the last message),
+//! `pulse:presence:{room}` (sorted set of `{instance}|{user id}|{name}`
 //! scored by expiry in ms, refreshed every 10 s: members of a dead instance
-//! drop out within 30 s).
+//! drop out within 30 s; the key expires with its last entry),
+//! `pulse:revoked:{session}` (a signed-out session, until its tokens expire).
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{ChatMessage, FeedEvent, ServerMessage, HISTORY_LEN};
+use crate::protocol::{ChatMessage, FeedEvent, Member, ServerMessage, HISTORY_LEN};
 use crate::server::feed::now_ms;
 use crate::server::metrics;
 
@@ -44,7 +47,7 @@ const QUEUE: usize = 8192;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum BusEvent {
-    /// A frame for every member of a room (message, user-joined, user-left).
+    /// A frame for every member of a room (message, presence).
     Room {
         /// The room.
         room: String,
@@ -57,6 +60,13 @@ pub enum BusEvent {
         event: FeedEvent,
         /// Its id in the publishing instance's feed (for resumption).
         id: u64,
+    },
+    /// A session was signed out: close its sockets, refuse its token.
+    Revoked {
+        /// The session id.
+        sid: String,
+        /// When its tokens expire (Unix seconds).
+        exp: u64,
     },
 }
 
@@ -75,14 +85,16 @@ enum Command {
     Publish(String),
     /// Append to a room's history in Redis.
     History { room: String, json: String },
-    /// Mark `user` present in `room` on this instance (or not).
+    /// Mark `member` present in `room` on this instance (or not).
     Presence {
         room: String,
-        user: String,
+        member: Member,
         present: bool,
     },
     /// Refresh the expiry of these presence entries.
-    Refresh(Vec<(String, String)>),
+    Refresh(Vec<(String, Member)>),
+    /// Remember a signed-out session until `exp`.
+    Revoke { sid: String, exp: u64 },
 }
 
 /// The bus, as the rest of the server sees it. Cheap to clone.
@@ -106,14 +118,16 @@ struct Redis {
     /// Presence entries live this long unless refreshed (refreshed every
     /// third of it): the members of a dead instance go within this time.
     presence_ttl: Duration,
+    /// A room's history expires this long after its last message.
+    history_ttl: Duration,
 }
 
 /// Where events from other instances go.
 pub trait Sink: Send + Sync + 'static {
     /// An event published by another instance.
     fn deliver(&self, event: BusEvent);
-    /// This instance's present users, `(room, user)`, for the refresh.
-    fn local_presence(&self) -> Vec<(String, String)>;
+    /// This instance's present users, `(room, member)`, for the refresh.
+    fn local_presence(&self) -> Vec<(String, Member)>;
 }
 
 impl Broker {
@@ -123,7 +137,11 @@ impl Broker {
     }
 
     /// A Redis bus at `url`; nothing is connected until [`Broker::run`].
-    pub fn redis(url: &str, presence_ttl: Duration) -> Result<(Broker, BrokerTasks), String> {
+    pub fn redis(
+        url: &str,
+        presence_ttl: Duration,
+        history_ttl: Duration,
+    ) -> Result<(Broker, BrokerTasks), String> {
         let client = redis::Client::open(url).map_err(|e| format!("PULSE_REDIS_URL: {e}"))?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let redis = Arc::new(Redis {
@@ -133,6 +151,7 @@ impl Broker {
             connected: AtomicBool::new(false),
             tx,
             presence_ttl,
+            history_ttl,
         });
         metrics::set_broker_connected(false);
         Ok((
@@ -199,27 +218,57 @@ impl Broker {
         }
     }
 
-    /// Records that `user` entered (or left) `room` on this instance.
-    pub fn presence(&self, room: &str, user: &str, present: bool) {
+    /// Records that `member` entered (or left) `room` on this instance.
+    pub fn presence(&self, room: &str, member: &Member, present: bool) {
         self.command(Command::Presence {
             room: room.to_string(),
-            user: user.to_string(),
+            member: member.clone(),
             present,
         });
     }
 
+    /// Tells every instance that session `sid` (tokens expiring at `exp`) was
+    /// signed out, and remembers it in Redis for instances that start later.
+    pub fn revoke(&self, sid: &str, exp: u64) {
+        if self.inner.is_none() {
+            return;
+        }
+        self.command(Command::Revoke {
+            sid: sid.to_string(),
+            exp,
+        });
+        self.publish(BusEvent::Revoked {
+            sid: sid.to_string(),
+            exp,
+        });
+    }
+
+    /// Whether Redis says session `sid` was signed out. Without Redis, or
+    /// while it does not answer, `false`: the instances that heard the
+    /// sign-out on the bus still refuse the session.
+    pub async fn is_revoked(&self, sid: &str) -> bool {
+        let Some(r) = &self.inner else { return false };
+        let Some(mut conn) = r.conn.lock().ok().and_then(|c| c.clone()) else {
+            return false;
+        };
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(revoked_key(sid));
+        let query = exists.query_async::<u32>(&mut conn);
+        matches!(tokio::time::timeout(TIMEOUT, query).await, Ok(Ok(n)) if n > 0)
+    }
+
     /// The shared history and members of `room` across instances, or `None`
-    /// without a (connected) bus, for `user` who is joining it.
+    /// without a (connected) bus, for `member` who is joining it.
     ///
-    /// The same round trip first marks `user` present in Redis, so that by the
+    /// The same round trip first marks them present in Redis, so that by the
     /// time they are told they joined, whoever joins next on any instance
     /// sees them. (The publisher marks them present too, in order with their
     /// later leave; the extra write only refreshes the entry.)
     pub async fn room_snapshot(
         &self,
         room: &str,
-        user: &str,
-    ) -> Option<(Vec<ChatMessage>, Vec<String>)> {
+        member: &Member,
+    ) -> Option<(Vec<ChatMessage>, Vec<Member>)> {
         let r = self.inner.as_ref()?;
         let mut conn = r.conn.lock().ok()?.clone()?;
         let now = now_ms();
@@ -227,7 +276,11 @@ impl Broker {
         pipe.cmd("ZADD")
             .arg(presence_key(room))
             .arg(now + r.presence_ttl.as_millis() as u64)
-            .arg(format!("{}|{user}", r.instance))
+            .arg(presence_entry(&r.instance, member))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(presence_key(room))
+            .arg(presence_key_ttl(r.presence_ttl))
             .ignore()
             .cmd("LRANGE")
             .arg(history_key(room))
@@ -243,14 +296,40 @@ impl Broker {
             .iter()
             .filter_map(|json| serde_json::from_str::<ChatMessage>(json).ok())
             .collect();
-        let mut members: Vec<String> = present
+        let members = present
             .iter()
-            .filter_map(|entry| entry.split_once('|').map(|(_, user)| user.to_string()))
+            .filter_map(|entry| parse_presence_entry(entry).map(|(_, m)| m))
             .collect();
-        members.sort();
-        members.dedup();
         Some((history, members))
     }
+}
+
+/// A presence entry: `{instance}|{user id}|{name}` (ids never hold `|`).
+fn presence_entry(instance: &str, member: &Member) -> String {
+    format!("{instance}|{}|{}", member.id, member.name)
+}
+
+/// The instance and member of a presence entry.
+fn parse_presence_entry(entry: &str) -> Option<(&str, Member)> {
+    let mut parts = entry.splitn(3, '|');
+    let (instance, id, name) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((
+        instance,
+        Member {
+            id: id.to_string(),
+            name: name.to_string(),
+        },
+    ))
+}
+
+/// How long a presence key outlives its newest entry: expired entries stay
+/// three TTLs (see `publish`), the key goes with them.
+fn presence_key_ttl(presence_ttl: Duration) -> u64 {
+    3 * presence_ttl.as_millis() as u64
+}
+
+fn revoked_key(sid: &str) -> String {
+    format!("pulse:revoked:{sid}")
 }
 
 fn history_key(room: &str) -> String {
@@ -400,20 +479,29 @@ async fn publish(redis: Arc<Redis>, mut rx: mpsc::Receiver<Command>, shutdown: C
                     .arg(-(HISTORY_LEN as i64))
                     .arg(-1)
                     .ignore();
+                pipe.cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(redis.history_ttl.as_secs())
+                    .ignore();
             }
             Command::Presence {
                 room,
-                user,
+                member,
                 present,
             } => {
-                let member = format!("{}|{user}", redis.instance);
+                let entry = presence_entry(&redis.instance, member);
                 if *present {
                     pipe.cmd("ZADD")
                         .arg(presence_key(room))
                         .arg(expiry)
-                        .arg(member);
+                        .arg(entry)
+                        .ignore();
+                    pipe.cmd("PEXPIRE")
+                        .arg(presence_key(room))
+                        .arg(presence_key_ttl(redis.presence_ttl))
+                        .ignore();
                 } else {
-                    pipe.cmd("ZREM").arg(presence_key(room)).arg(member);
+                    pipe.cmd("ZREM").arg(presence_key(room)).arg(entry).ignore();
                 }
                 pipe.cmd("ZREMRANGEBYSCORE")
                     .arg(presence_key(room))
@@ -422,14 +510,25 @@ async fn publish(redis: Arc<Redis>, mut rx: mpsc::Receiver<Command>, shutdown: C
                     .ignore();
             }
             Command::Refresh(entries) => {
-                for (room, user) in entries {
-                    let member = format!("{}|{user}", redis.instance);
+                for (room, member) in entries {
                     pipe.cmd("ZADD")
                         .arg(presence_key(room))
                         .arg(expiry)
-                        .arg(member)
+                        .arg(presence_entry(&redis.instance, member))
+                        .ignore();
+                    pipe.cmd("PEXPIRE")
+                        .arg(presence_key(room))
+                        .arg(presence_key_ttl(redis.presence_ttl))
                         .ignore();
                 }
+            }
+            Command::Revoke { sid, exp } => {
+                pipe.cmd("SET")
+                    .arg(revoked_key(sid))
+                    .arg(1)
+                    .arg("EXAT")
+                    .arg((*exp).max(crate::server::auth::now_secs() + 1))
+                    .ignore();
             }
         }
         match tokio::time::timeout(TIMEOUT, pipe.query_async::<redis::Value>(&mut conn)).await {
@@ -447,7 +546,7 @@ async fn publish(redis: Arc<Redis>, mut rx: mpsc::Receiver<Command>, shutdown: C
 
 /// Refreshes this instance's presence entries so they outlive the TTL, and
 /// tells this instance's clients when members of another instance expire
-/// (that instance died): a `user-left` for each, once.
+/// (that instance died): a `presence` frame with them as left, once.
 async fn refresh(redis: Arc<Redis>, sink: Arc<dyn Sink>, shutdown: CancellationToken) {
     let period = (redis.presence_ttl / 3).max(Duration::from_millis(100));
     let mut tick = tokio::time::interval(period);
@@ -493,24 +592,26 @@ async fn refresh(redis: Arc<Redis>, sink: Arc<dyn Sink>, shutdown: CancellationT
         let mut still_expired = HashSet::new();
         for (room, pair) in rooms.iter().zip(lists.chunks(2)) {
             let [expired, live] = pair else { continue };
-            let present = |user: &str| {
+            let present = |id: &str| {
                 live.iter()
-                    .any(|m| m.split_once('|').is_some_and(|(_, u)| u == user))
-                    || entries.iter().any(|(r, u)| r == room && u == user)
+                    .filter_map(|e| parse_presence_entry(e))
+                    .any(|(_, m)| m.id == id)
+                    || entries.iter().any(|(r, m)| r == room && m.id == id)
             };
-            for member in expired {
-                let key = (room.to_string(), member.clone());
+            for entry in expired {
+                let key = (room.to_string(), entry.clone());
                 still_expired.insert(key.clone());
                 if announced.contains(&key) {
                     continue;
                 }
-                if let Some((_, user)) = member.split_once('|') {
-                    if !present(user) {
+                if let Some((_, member)) = parse_presence_entry(entry) {
+                    if !present(&member.id) {
                         sink.deliver(BusEvent::Room {
                             room: room.to_string(),
-                            msg: ServerMessage::UserLeft {
+                            msg: ServerMessage::Presence {
                                 room: room.to_string(),
-                                user: user.to_string(),
+                                joined: Vec::new(),
+                                left: vec![member],
                                 timestamp: now,
                             },
                         });

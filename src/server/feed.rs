@@ -1,16 +1,10 @@
 //! The live feed: one ticker per server, a bounded backlog for clients that
 //! resume, and the Server-Sent-Events endpoint that streams it.
 //!
-//! Every event is encoded once, as the complete SSE frame inside an HTTP/1.1
-//! chunk, when it is published; subscribers share those bytes (a [`Bytes`]
-//! clone is a reference count), so the cost of a delivery does not grow with
-//! the event's size.
-//!
-//! A stream leaves one of two ways. Most are written straight to their socket
-//! by [`serve_socket`] (the listener hands it well-formed feed requests; see
-//! [`crate::server::listener`]), which writes each shared chunk with one
-//! `write`. The rest go through axum and hyper ([`events`]), which get the
-//! bare frame and chunk it themselves.
+//! Every event is encoded once, as its complete SSE frame, when it is
+//! published; every stream sends those same bytes (a [`Bytes`] clone is a
+//! reference count), so the cost of a delivery does not grow with the
+//! event's size or the number of streams.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -20,11 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{stream, Stream, StreamExt};
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio::time::{interval, interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -46,34 +38,12 @@ fn time_id() -> u64 {
     now_ms().saturating_mul(1000)
 }
 
-/// An SSE frame encoded once for both ways a stream leaves: as the HTTP/1.1
-/// chunk `{len:x}\r\n{frame}\r\n`, which [`serve_socket`] writes as it is, and
-/// as the bare frame inside it, which hyper chunks itself.
-#[derive(Clone, Debug)]
-pub struct Encoded {
-    /// The whole chunk.
-    chunk: Bytes,
-    /// Where the frame starts in `chunk` (after the size line).
-    start: usize,
-}
+/// An SSE frame, encoded once and shared by every stream that sends it.
+type Encoded = Bytes;
 
-impl Encoded {
-    fn new(frame: &str) -> Self {
-        let size_line = format!("{:x}\r\n", frame.len());
-        let mut chunk = BytesMut::with_capacity(size_line.len() + frame.len() + 2);
-        chunk.put_slice(size_line.as_bytes());
-        chunk.put_slice(frame.as_bytes());
-        chunk.put_slice(b"\r\n");
-        Encoded {
-            chunk: chunk.freeze(),
-            start: size_line.len(),
-        }
-    }
-
-    /// The SSE frame alone (a view of the same bytes).
-    fn frame(&self) -> Bytes {
-        self.chunk.slice(self.start..self.chunk.len() - 2)
-    }
+/// `frame` as shared bytes.
+fn encoded(frame: String) -> Encoded {
+    Bytes::from(frame)
 }
 
 /// One frame on the broadcast channel, already encoded for the wire.
@@ -158,7 +128,7 @@ impl Feed {
                 capacity,
             }),
             live,
-            retry: Encoded::new(&format!("retry: {}\n\n", retry.as_millis())),
+            retry: encoded(format!("retry: {}\n\n", retry.as_millis())),
         }
     }
 
@@ -185,7 +155,7 @@ impl Feed {
         backlog.last_id = id;
         let frame = Frame {
             id: Some(id),
-            bytes: Encoded::new(&format!("id: {id}\ndata: {}\n\n", encode(&event))),
+            bytes: encoded(format!("id: {id}\ndata: {}\n\n", encode(&event))),
         };
         if backlog.events.len() == backlog.capacity {
             if let Some(gone) = backlog.events.pop_front() {
@@ -206,7 +176,7 @@ impl Feed {
     pub fn keep_alive(&self) {
         let _ = self.live.send(Frame {
             id: None,
-            bytes: Encoded::new(": keep-alive\n\n"),
+            bytes: Bytes::from_static(b": keep-alive\n\n"),
         });
     }
 
@@ -221,10 +191,7 @@ impl Feed {
         if let Some(last) = last_seen {
             // Some events after `last` may be unknown here: say so first.
             if last < backlog.lost_up_to {
-                replay.push(Encoded::new(&format!(
-                    "data: {}\n\n",
-                    encode(&FeedEvent::Gap)
-                )));
+                replay.push(encoded(format!("data: {}\n\n", encode(&FeedEvent::Gap))));
             }
             // An id newer than ours (another instance's clock runs ahead)
             // replays nothing: the client is up to date.
@@ -347,7 +314,6 @@ pub fn last_seen(
 }
 
 /// `GET /api/events` through axum: the live feed as `text/event-stream`.
-/// (Most feed requests never get here: see [`serve_socket`].)
 pub async fn events(
     State(state): State<FeedState>,
     Query(query): Query<EventsQuery>,
@@ -400,19 +366,14 @@ struct Live {
 
 /// Opens a stream: the frames it starts with (`retry:`, `connected`, then
 /// the replay) and its live part.
-fn open(
-    state: &FeedState,
-    last_seen: Option<u64>,
-    path: metrics::FeedPath,
-) -> (Vec<Encoded>, Live) {
+fn open(state: &FeedState, last_seen: Option<u64>) -> (Vec<Encoded>, Live) {
     let open = metrics::OpenConnection::new(metrics::Transport::Sse);
-    metrics::feed_stream_opened(path);
     let Subscription {
         replay,
         live,
         last_id,
     } = state.feed.subscribe(last_seen);
-    let connected = Encoded::new(&format!(
+    let connected = encoded(format!(
         "data: {}\n\n",
         encode(&FeedEvent::Connected {
             timestamp: now_ms()
@@ -439,128 +400,15 @@ fn event_stream(
     state: &FeedState,
     last_seen: Option<u64>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
-    let (head, live) = open(state, last_seen, metrics::FeedPath::Axum);
-    let head = head.into_iter().map(|f| Ok(f.frame()));
+    let (head, live) = open(state, last_seen);
+    let head = head.into_iter().map(Ok);
     let tail = stream::unfold(live, |mut live| async move {
         let frame = next_frame(&mut live).await?;
-        Some((Ok(frame.frame()), live))
+        Some((Ok(frame), live))
     });
     stream::iter(head)
         .chain(tail)
         .take_until(state.shutdown.clone().cancelled_owned())
-}
-
-/// Serves one feed stream straight on its socket, once the listener has read
-/// a well-formed `GET /api/events` head off it (and nothing else).
-///
-/// This is the same stream [`events`] gives, without an HTTP connection
-/// object: hyper keeps a read buffer (8-16 KiB) and a write buffer (8 KiB)
-/// for a connection's whole life, which for a response that never ends is
-/// most of what an idle stream costs. Here a stream holds its socket, its
-/// channel receiver and nothing else between events, and each frame leaves
-/// as one `write` of the shared chunk.
-///
-/// The stream ends when the client closes its side or sends anything more
-/// (nothing may follow a request whose response never ends), when a write
-/// fails, or at shutdown, when it ends a chunked body properly.
-pub async fn serve_socket(
-    mut tcp: TcpStream,
-    last_seen: Option<u64>,
-    framing: Framing,
-    state: FeedState,
-) {
-    let (head, mut live) = open(&state, last_seen, metrics::FeedPath::Socket);
-    let mut opening = response_head(framing);
-    for frame in &head {
-        opening.extend_from_slice(&framing.bytes(frame));
-    }
-    // Dropped before the loop, so they are not kept for the stream's life.
-    drop(head);
-    let sent = write_unless_shutdown(&mut tcp, &opening, &state.shutdown).await;
-    drop(opening);
-    if !sent {
-        return;
-    }
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => {
-                // The last chunk, if the socket takes it at once; a client
-                // that does not read is not waited for. (Without chunks,
-                // closing the connection ends the body.)
-                if framing == Framing::Chunked {
-                    let _ = tcp.try_write(b"0\r\n\r\n");
-                }
-                return;
-            }
-            frame = next_frame(&mut live) => {
-                let Some(frame) = frame else { return };
-                if !write_unless_shutdown(&mut tcp, &framing.bytes(&frame), &state.shutdown).await {
-                    return;
-                }
-            }
-            readable = tcp.readable() => {
-                if readable.is_err() {
-                    return;
-                }
-                // End of stream, an error or unexpected bytes all end it; a
-                // spurious wake-up (`WouldBlock`) does not.
-                let mut probe = [0u8; 64];
-                match tcp.try_read(&mut probe) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    _ => return,
-                }
-            }
-        }
-    }
-}
-
-/// Writes all of `bytes`; false if the write fails or shutdown comes first
-/// (a client that does not read must not hold shutdown up).
-async fn write_unless_shutdown(
-    tcp: &mut TcpStream,
-    bytes: &[u8],
-    shutdown: &CancellationToken,
-) -> bool {
-    tokio::select! {
-        sent = tcp.write_all(bytes) => sent.is_ok(),
-        _ = shutdown.cancelled() => false,
-    }
-}
-
-/// How the body of a stream served by [`serve_socket`] is delimited.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Framing {
-    /// HTTP/1.1: chunked, so the end of the stream is explicit.
-    Chunked,
-    /// HTTP/1.0 (nginx's default towards its upstreams), which has no
-    /// chunks: the body is the frames as they are, ended by closing.
-    UntilClose,
-}
-
-impl Framing {
-    /// What goes on the wire for `frame` (both are views of shared bytes).
-    fn bytes(self, frame: &Encoded) -> Bytes {
-        match self {
-            Framing::Chunked => frame.chunk.clone(),
-            Framing::UntilClose => frame.frame(),
-        }
-    }
-}
-
-/// The status line and headers of a stream served by [`serve_socket`].
-fn response_head(framing: Framing) -> Vec<u8> {
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    for (name, value) in SSE_HEADERS {
-        head.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    let date = httpdate::fmt_http_date(SystemTime::now());
-    head.extend_from_slice(format!("date: {date}\r\n").as_bytes());
-    head.extend_from_slice(match framing {
-        Framing::Chunked => b"transfer-encoding: chunked\r\n\r\n".as_slice(),
-        Framing::UntilClose => b"connection: close\r\n\r\n".as_slice(),
-    });
-    head
 }
 
 async fn next_frame(live: &mut Live) -> Option<Encoded> {
@@ -597,8 +445,7 @@ mod tests {
         frames
             .iter()
             .filter_map(|f| {
-                let b = f.frame();
-                let s = std::str::from_utf8(&b).ok()?;
+                let s = std::str::from_utf8(f).ok()?;
                 s.strip_prefix("id: ")?.split('\n').next()?.parse().ok()
             })
             .collect()
@@ -628,7 +475,7 @@ mod tests {
         let feed = Feed::new(100, Duration::from_secs(1));
         let published: Vec<u64> = (0..151).map(|_| feed.publish(update())).collect();
         let sub = feed.subscribe(Some(published[0]));
-        assert!(std::str::from_utf8(&sub.replay[0].frame())
+        assert!(std::str::from_utf8(&sub.replay[0])
             .unwrap()
             .contains(r#""type":"gap""#));
         assert_eq!(ids(&sub.replay), published[51..]);
@@ -648,13 +495,6 @@ mod tests {
         assert_eq!(recent.len(), 10);
         assert!(recent.windows(2).all(|w| w[0].id < w[1].id));
         assert_eq!(feed.lock().events.len(), 100);
-    }
-
-    #[test]
-    fn a_frame_is_one_http_chunk_around_the_bare_frame() {
-        let e = Encoded::new("data: {\"type\":\"gap\"}\n\n");
-        assert_eq!(&e.frame()[..], b"data: {\"type\":\"gap\"}\n\n");
-        assert_eq!(&e.chunk[..], b"16\r\ndata: {\"type\":\"gap\"}\n\n\r\n");
     }
 
     #[test]

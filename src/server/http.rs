@@ -1,6 +1,6 @@
 //! The router: the app's pages and server functions (leptos_axum), the SSE
-//! feed, operations endpoints and the embedded assets; and [`serve`], which
-//! runs it until shutdown.
+//! feed, operations endpoints and the embedded assets; the separate metrics
+//! router; and [`serve`], which runs both until shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use axum::extract::{FromRef, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{middleware, Router};
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
@@ -20,15 +20,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{shell, App};
-use crate::protocol::{FEED_PATH, NOTIFICATIONS_PATH, STATS_PATH, WS_PATH};
+use crate::protocol::{Member, FEED_PATH, NOTIFICATIONS_PATH, STATS_PATH, WS_PATH};
 use crate::server::auth::Auth;
 use crate::server::broker::{Broker, BusEvent, Sink};
 use crate::server::chat::{self, Chat};
 use crate::server::config::Settings;
 use crate::server::feed::{self, Feed, FeedState};
+use crate::server::forwarded::TrustedProxies;
+use crate::server::listener::{Limits, Listener};
 use crate::server::notify::{self, Notifier};
 use crate::server::stats::{self, StatsState};
-use crate::server::{assets, listener, metrics};
+use crate::server::{assets, metrics, security};
 
 /// State shared by every handler.
 #[derive(Clone)]
@@ -45,8 +47,6 @@ pub struct AppState {
     pub stats: tokio::sync::watch::Receiver<crate::protocol::Stats>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
-    /// Renders `/metrics`; `None` when no recorder is installed.
-    pub metrics: Option<PrometheusHandle>,
 }
 
 impl FromRef<AppState> for LeptosOptions {
@@ -95,23 +95,24 @@ pub fn router(state: AppState) -> Router {
         .route(WS_PATH, get(chat::upgrade))
         .route(NOTIFICATIONS_PATH, post(notify::post))
         .route(STATS_PATH, get(stats::stream))
-        .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .leptos_routes_with_context(&state, routes, context, move || shell(options.clone()))
         .fallback(fallback)
+        .layer(middleware::from_fn(security::refuse_cross_site))
+        .layer(middleware::from_fn(security::headers))
         .with_state(state)
 }
 
 /// What server functions and server-side rendering reach through Leptos
-/// context: the feed and the token issuer.
+/// context: the feed, the chat service (tokens, sessions) and notifications.
 fn server_context(state: &AppState) -> impl Fn() + Clone + Send + Sync + 'static {
     let feed = state.feed.clone();
-    let auth = state.chat.auth.clone();
+    let chat = state.chat.clone();
     let notifier = state.notifier.clone();
     move || {
         provide_context(feed.clone());
-        provide_context(auth.clone());
+        provide_context(chat.clone());
         provide_context(notifier.clone());
     }
 }
@@ -156,38 +157,60 @@ impl Sink for BusSink {
             BusEvent::Feed { event, id } => {
                 self.feed.publish_remote(event, id);
             }
+            BusEvent::Revoked { sid, exp } => {
+                self.chat.auth.revoke(&sid, exp);
+                self.chat.close_session(&sid);
+            }
         }
     }
 
-    fn local_presence(&self) -> Vec<(String, String)> {
+    fn local_presence(&self) -> Vec<(String, Member)> {
         self.chat.hub.local_presence()
     }
 }
 
+/// What `/metrics` reads.
+#[derive(Clone)]
+struct MetricsState {
+    /// Renders the recorder.
+    handle: PrometheusHandle,
+    /// For the subscriber gauge, read at scrape time.
+    feed: Arc<Feed>,
+}
+
+/// The metrics router, served on its own address (`PULSE_METRICS_ADDR`),
+/// never on the public port.
+fn metrics_router(handle: PrometheusHandle, feed: Arc<Feed>) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .with_state(MetricsState { handle, feed })
+}
+
 /// `GET /metrics`: Prometheus text format.
-async fn render_metrics(State(state): State<AppState>) -> Response {
-    let Some(handle) = &state.metrics else {
-        return (StatusCode::NOT_FOUND, "metrics are not enabled").into_response();
-    };
+async fn render_metrics(State(state): State<MetricsState>) -> Response {
     metrics::set_feed_subscribers(state.feed.subscribers());
-    handle.run_upkeep();
+    state.handle.run_upkeep();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
+        state.handle.render(),
     )
         .into_response()
 }
 
+/// Connections the metrics listener serves at once (scrapers and operators).
+const METRICS_CONNECTIONS: usize = 64;
+
 /// Period of the chat upkeep (idle rooms, rate-limit state).
 const UPKEEP_PERIOD: Duration = Duration::from_secs(10);
 
-/// Runs the app on `listener` until `shutdown` is cancelled and every
-/// connection has finished (open SSE streams end on their own at shutdown).
+/// Runs the app on `public` (and `/metrics` on `metrics`, if given) until
+/// `shutdown` is cancelled and every connection has finished: idle ones are
+/// closed at once, open streams and sockets end on their own at shutdown.
 pub async fn serve(
-    listener: TcpListener,
+    public: TcpListener,
+    metrics: Option<(TcpListener, PrometheusHandle)>,
     settings: Settings,
     shutdown: CancellationToken,
-    metrics: Option<PrometheusHandle>,
 ) -> std::io::Result<()> {
     let app = &settings.app;
     let feed = Arc::new(Feed::new(
@@ -210,24 +233,30 @@ pub async fn serve(
             Auth::random_secret()
         }
     };
-    let auth = Arc::new(Auth::new(&secret, app.session_ttl()));
+    let auth = Arc::new(Auth::new(
+        &secret,
+        app.session_ttl(),
+        app.max_token_ttl(),
+        app.signin_per_min,
+    ));
     let (broker, broker_tasks) = match &settings.redis_url {
         Some(url) => {
-            let (broker, tasks) =
-                Broker::redis(url, app.presence_ttl()).map_err(std::io::Error::other)?;
+            let (broker, tasks) = Broker::redis(url, app.presence_ttl(), app.history_ttl())
+                .map_err(std::io::Error::other)?;
             (broker, Some(tasks))
         }
         None => (Broker::local(), None),
     };
-    // The connections that are not axum's: feed streams served on their
-    // sockets and upgraded WebSockets. Waited for after axum's own.
-    let sockets = TaskTracker::new();
+    // Every connection task, and every upgraded WebSocket (which is no
+    // longer hyper's once upgraded): waited for at shutdown, so close frames
+    // and the last chunks go out.
+    let connections = TaskTracker::new();
     let chat = Arc::new(Chat::new(
         app,
         auth,
         broker.clone(),
         shutdown.clone(),
-        sockets.clone(),
+        connections.clone(),
     ));
     let bus = broker_tasks.map(|tasks| {
         let sink = Arc::new(BusSink {
@@ -246,6 +275,24 @@ pub async fn serve(
     });
     let (stats_tx, stats_rx) = stats::channel(&broker);
     let sampler = tokio::spawn(stats::run_sampler(stats_tx, broker, shutdown.clone()));
+    let limits = Limits {
+        max_connections: app.max_connections,
+        max_per_ip: app.max_connections_per_ip,
+        header_timeout: app.header_timeout(),
+        idle_timeout: app.idle_timeout(),
+        proxies: TrustedProxies::parse(&app.trusted_proxies).map_err(std::io::Error::other)?,
+    };
+    if let Some((tcp, handle)) = metrics {
+        let limits = Limits {
+            max_connections: METRICS_CONNECTIONS,
+            max_per_ip: METRICS_CONNECTIONS,
+            proxies: TrustedProxies::default(),
+            ..limits.clone()
+        };
+        let router = metrics_router(handle, feed.clone());
+        let listener = Listener::new(tcp, router, limits, shutdown.clone(), connections.clone());
+        connections.spawn(listener.run());
+    }
     let state = AppState {
         leptos_options: settings.leptos.clone(),
         feed,
@@ -253,26 +300,23 @@ pub async fn serve(
         notifier,
         stats: stats_rx,
         shutdown: shutdown.clone(),
-        metrics,
     };
-    // Feed streams are served straight on their sockets; every other
-    // connection is axum's (see `listener`).
-    let connections = listener::split(listener, FeedState::from_ref(&state), &sockets)?;
-    // `into_make_service` resolves the router's state once, here. Handing
-    // axum a bare `Router` would rebuild its route table for every accepted
-    // connection and keep that copy for the connection's life: about 12 KB
-    // per open SSE stream (measured with heaptrack, see docs/performance.md).
-    let result = axum::serve(connections, router(state).into_make_service())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    shutdown.cancel();
-    sockets.close();
-    sockets.wait().await;
+    let listener = Listener::new(
+        public,
+        router(state),
+        limits,
+        shutdown.clone(),
+        connections.clone(),
+    );
+    connections.spawn(listener.run());
+    shutdown.cancelled().await;
+    connections.close();
+    connections.wait().await;
     let _ = ticker.await;
     let _ = upkeep.await;
     let _ = sampler.await;
     if let Some(bus) = bus {
         let _ = bus.await;
     }
-    result
+    Ok(())
 }

@@ -1,205 +1,549 @@
-//! The accept loop: feed streams are served straight on their socket, every
-//! other connection goes to axum.
-//!
-//! An open SSE stream is one HTTP/1 response that never ends. Served by
-//! hyper, it keeps hyper's connection buffers (a read buffer of 8-16 KiB and
-//! a write buffer of 8 KiB) for its whole life: most of what an idle stream
-//! costs (see docs/performance.md). So each accepted connection waits for its
-//! first bytes, and a peek at them decides where it goes:
-//!
-//! - a complete, plain `GET /api/events` head (HTTP/1.1 or 1.0, no body, no
-//!   upgrade, nothing after it, a valid resume id) is read off the socket and
-//!   the stream served by [`feed::serve_socket`];
-//! - anything else, including every request this module is unsure of, goes
-//!   to axum untouched, which answers it as it always did. The
-//!   `/api/events` route stays, so a feed request split over two packets,
-//!   or with a bad `Last-Event-ID`, still gets the same answer.
-//!
-//! A browser usually sends its feed request on a kept-alive connection that
-//! already carried others (from loading the page), so connections handed to
-//! axum are wrapped in a [`Connection`] that keeps watching: when hyper reads
-//! the next request and it is a plain feed request, the wrapper keeps those
-//! bytes from hyper and reports the end of the connection instead. hyper,
-//! idle between requests, then finishes as if the client had closed, and
-//! when it drops the connection the stream is served on the socket. The
-//! wrapper cannot catch a connection's first request: axum's connection
-//! builder reads the first 24 bytes on its own (to tell HTTP/2 from
-//! HTTP/1), so a first feed request reaches the wrapper in pieces. Hence the
-//! peek for first requests, and the wrapper for the later ones.
+//! The accept loop, and one [`Handler`] per connection: every connection is
+//! served by hyper's HTTP/1.1 server with the same limits and timeouts.
 //!
 //! ```text
-//! TcpListener ─ accept_loop ─┬─ route (one task per connection, until its first bytes)
-//!                            │    ├─ feed request  → feed::serve_socket
-//!                            │    └─ anything else → channel → AxumConnections → axum::serve
-//!                            │                          └─ Connection: a later feed request
-//!                            │                             → feed::serve_socket
+//! TcpListener ─ Listener::run ─┬─ over a limit → refuse (503 / 429, Retry-After)
+//!                              └─ Handler (one task per connection)
+//!                                   ├─ hyper http1 connection → the router
+//!                                   └─ watchdog: head and idle timeouts
 //! ```
+//!
+//! Limits are checked when a connection is accepted, before any work is done
+//! for it: the server-wide cap (`PULSE_MAX_CONNECTIONS`) and the per-address
+//! cap (`PULSE_MAX_CONNECTIONS_PER_IP`). A trusted proxy carries many
+//! clients, so its connections are not counted per address; instead each of
+//! its requests counts under the address it forwards, for as long as the
+//! request (or the WebSocket it becomes) lives.
+//!
+//! hyper's own `header_read_timeout` also runs while a kept-alive connection
+//! waits for its next request, so it cannot give idle connections a longer
+//! allowance than a half-sent head. The watchdog here tells the two apart: a
+//! connection with no request in flight must finish a head within the header
+//! timeout of its first byte (or of connecting), and may sit idle between
+//! requests for the idle timeout. A connection with a request in flight (an
+//! SSE stream, a slow download) is never timed out here.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::extract::Query;
-use axum::http::Uri;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::Service;
 
-use crate::protocol::FEED_PATH;
-use crate::server::feed::{self, EventsQuery, FeedState, Framing};
+use crate::server::admission::{address_key, refusal, KeyedCounter, Slot};
+use crate::server::forwarded::{Client, TrustedProxies};
+use crate::server::metrics;
 
-/// Largest request head looked at here. A feed request with a bigger head
-/// (many cookies) goes to axum, which handles any size it accepts.
-const MAX_HEAD: usize = 4096;
+/// Largest request head (and read buffer) a connection may use. A browser's
+/// head is 1-2 KiB; this leaves room for many cookies.
+const MAX_BUF: usize = 64 * 1024;
 
-/// Most headers a feed request may have to be served here (hyper's default
-/// limit is 100; a browser sends about 15).
-const MAX_HEADERS: usize = 64;
+/// Connections over a limit that may be waiting for their refusal at once;
+/// past that they are closed without one.
+const MAX_REFUSING: usize = 256;
 
-/// Connections routed but not yet taken by axum. axum accepts in a loop and
-/// spawns at once, so this only absorbs a burst of connects.
-const HANDOFF_QUEUE: usize = 256;
+/// How long a refused client has to send its request head.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The connections that are not feed streams, as an [`axum::serve::Listener`].
-pub struct AxumConnections {
-    /// Filled by the routing tasks.
-    rx: mpsc::Receiver<(TcpStream, SocketAddr)>,
-    /// The listening socket's address.
-    local: SocketAddr,
-    /// For feed requests that come later on these connections.
-    feed: FeedState,
-    /// Where those streams run.
+/// Longest pause of the accept loop after an error (out of file descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The rules every connection is served under.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Connections held at once, server-wide.
+    pub max_connections: usize,
+    /// Connections (or proxied streams) one client address may hold.
+    pub max_per_ip: usize,
+    /// Time to send a request head.
+    pub header_timeout: Duration,
+    /// Time a connection may sit with no request.
+    pub idle_timeout: Duration,
+    /// Proxies whose forwarding headers are believed.
+    pub proxies: TrustedProxies,
+}
+
+/// A place in the server-wide and per-address counts. A request carries its
+/// connection's (and, through a proxy, its own) in its [`Admitted`]
+/// extension, so an upgraded WebSocket keeps the places it was admitted with.
+pub struct Admission {
+    /// One of `max_connections`.
+    _connection: Option<OwnedSemaphorePermit>,
+    /// One of the client address's.
+    _address: Option<Slot<IpAddr>>,
+}
+
+/// What the listener puts in every request's extensions.
+#[derive(Clone)]
+pub struct Admitted {
+    /// Who sent the request.
+    pub client: Client,
+    /// The places the request holds; keep a clone for as long as the request's
+    /// work lives on (an upgraded socket).
+    pub hold: Arc<Admission>,
+    /// The places of the request's own stream through a proxy, if any.
+    pub stream: Option<Arc<Admission>>,
+}
+
+/// State shared by the accept loop and every connection.
+struct Shared {
+    /// The rules.
+    limits: Limits,
+    /// Places left of `max_connections`.
+    connections: Arc<Semaphore>,
+    /// Places per client address.
+    per_ip: Arc<KeyedCounter<IpAddr>>,
+    /// Places for connections being refused.
+    refusing: Arc<Semaphore>,
+    /// Cancelled at shutdown: stop accepting, close idle connections.
+    shutdown: CancellationToken,
+    /// Every connection task, waited for at shutdown.
     tasks: TaskTracker,
 }
 
-impl axum::serve::Listener for AxumConnections {
-    type Io = Connection;
-    type Addr = SocketAddr;
+/// Accepts connections on one socket and serves each with the router.
+pub struct Listener {
+    /// The listening socket.
+    tcp: TcpListener,
+    /// What serves each request (cloning it is a reference count).
+    app: Router,
+    /// Rules, counters, shutdown.
+    shared: Arc<Shared>,
+}
 
-    async fn accept(&mut self) -> (Connection, SocketAddr) {
-        match self.rx.recv().await {
-            Some((tcp, addr)) => {
-                let conn = Connection {
-                    tcp: Some(tcp),
-                    feed_request: None,
-                    feed: self.feed.clone(),
-                    tasks: self.tasks.clone(),
-                };
-                (conn, addr)
-            }
-            // Only after shutdown, when the accept loop and every routing task
-            // have ended; axum stops accepting on the same signal.
-            None => std::future::pending().await,
+impl Listener {
+    /// A listener on `tcp` serving `app` under `limits`. Connection tasks run
+    /// on `tasks`; `shutdown` stops accepting and drains them.
+    pub fn new(
+        tcp: TcpListener,
+        app: Router,
+        limits: Limits,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        let shared = Shared {
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            per_ip: KeyedCounter::new(limits.max_per_ip),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            limits,
+            shutdown,
+            tasks,
+        };
+        Listener {
+            tcp,
+            app,
+            shared: Arc::new(shared),
         }
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
+    /// Accepts until shutdown. One client can never stop it: errors about a
+    /// single connection are skipped, and running out of file descriptors
+    /// pauses accepting (doubling up to a second) instead of spinning.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                accepted = self.tcp.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::warn!("accept failed ({e}); pausing {backoff:?}");
+                    tokio::select! {
+                        _ = self.shared.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(5);
+            // Real-time frames are small and must leave at once: with Nagle's
+            // algorithm a frame written while the previous one is
+            // unacknowledged waits for the peer's (possibly delayed) ACK.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("could not set TCP_NODELAY: {e}");
+            }
+            self.admit(tcp, peer);
+        }
+    }
+
+    /// Serves `tcp` if the limits allow, else refuses it.
+    fn admit(&self, tcp: TcpStream, peer: SocketAddr) {
+        let shared = &self.shared;
+        let Ok(connection) = shared.connections.clone().try_acquire_owned() else {
+            metrics::refused("max_connections");
+            return refuse(shared, tcp, StatusCode::SERVICE_UNAVAILABLE, "server full");
+        };
+        let peer = peer.ip().to_canonical();
+        // A trusted proxy's requests count per forwarded address instead.
+        let address = if shared.limits.proxies.contains(peer) {
+            None
+        } else {
+            match shared.per_ip.try_acquire(address_key(peer)) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics::refused("per_ip");
+                    return refuse(
+                        shared,
+                        tcp,
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many connections from your address",
+                    );
+                }
+            }
+        };
+        let handler = Handler {
+            shared: shared.clone(),
+            app: self.app.clone(),
+            peer,
+            admission: Arc::new(Admission {
+                _connection: Some(connection),
+                _address: address,
+            }),
+        };
+        shared.tasks.spawn(handler.run(tcp));
     }
 }
 
-/// Starts accepting on `listener`; returns what axum should serve. The
-/// accept loop, the routing tasks and the feed streams served here run on
-/// `tasks` and end at `feed.shutdown`.
-pub fn split(
-    listener: TcpListener,
-    feed: FeedState,
-    tasks: &TaskTracker,
-) -> io::Result<AxumConnections> {
-    let local = listener.local_addr()?;
-    let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
-    tasks.spawn(accept_loop(listener, tx, feed.clone(), tasks.clone()));
-    Ok(AxumConnections {
-        rx,
-        local,
-        feed,
-        tasks: tasks.clone(),
+/// Accept errors that concern one connection only (it was reset before we
+/// took it): skip it and go on.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Answers whatever request comes on `tcp` with `status`, then closes it. A
+/// flood of refused connections is itself bounded: past [`MAX_REFUSING`] at
+/// once they are closed without an answer.
+fn refuse(shared: &Shared, tcp: TcpStream, status: StatusCode, why: &'static str) {
+    let Ok(place) = shared.refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    let shutdown = shared.shutdown.clone();
+    shared.tasks.spawn(async move {
+        let _place = place;
+        let answer = hyper::service::service_fn(move |_req| async move {
+            Ok::<_, Infallible>(refusal(status, why))
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(REFUSAL_TIMEOUT)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(tcp), answer);
+        tokio::select! {
+            _ = conn => {}
+            _ = shutdown.cancelled() => {}
+        }
+    });
+}
+
+/// Serves one admitted connection.
+struct Handler {
+    /// Rules and counters.
+    shared: Arc<Shared>,
+    /// The router.
+    app: Router,
+    /// The TCP peer's address.
+    peer: IpAddr,
+    /// The places the connection holds.
+    admission: Arc<Admission>,
+}
+
+impl Handler {
+    async fn run(self, tcp: TcpStream) {
+        let activity = Arc::new(Activity::default());
+        let io = TokioIo::new(Watched {
+            io: tcp,
+            activity: activity.clone(),
+        });
+        let shared = self.shared.clone();
+        let service = PerRequest {
+            handler: Arc::new(self),
+            activity: activity.clone(),
+        };
+        let conn = http1::Builder::new()
+            // The watchdog below times heads; see the module doc.
+            .header_read_timeout(None)
+            .max_buf_size(MAX_BUF)
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let watchdog = activity.expire(shared.limits.header_timeout, shared.limits.idle_timeout);
+        tokio::pin!(watchdog);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                finished = conn.as_mut() => {
+                    if let Err(e) = finished {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                    return;
+                }
+                phase = &mut watchdog => {
+                    // Nothing is in flight: dropping the connection loses nothing.
+                    metrics::timed_out(phase);
+                    return;
+                }
+                // With no request in flight (idle, or a head still coming)
+                // the connection is dropped at once: nobody may hold a
+                // deploy. Otherwise it closes after the response (streams
+                // end at shutdown).
+                _ = shared.shutdown.cancelled(), if !draining => {
+                    if activity.phase() != Phase::Busy {
+                        return;
+                    }
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// The hyper service of one connection: resolves who the client is, counts
+/// the request in flight, and hands it to the router.
+#[derive(Clone)]
+struct PerRequest {
+    /// The connection.
+    handler: Arc<Handler>,
+    /// Its activity, for the watchdog.
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        let busy = Busy::start(self.activity.clone());
+        let handler = &self.handler;
+        let mut req: Request = req.map(Body::new);
+        let client = handler
+            .shared
+            .limits
+            .proxies
+            .client(handler.peer, req.headers());
+        let stream = if client.via_proxy {
+            match handler.shared.per_ip.try_acquire(address_key(client.ip)) {
+                Some(slot) => Some(Arc::new(Admission {
+                    _connection: None,
+                    _address: Some(slot),
+                })),
+                None => {
+                    metrics::refused("per_ip");
+                    let res = refusal(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many connections from your address",
+                    );
+                    return Box::pin(async move { Ok(tracked(res, busy, None)) });
+                }
+            }
+        } else {
+            None
+        };
+        req.extensions_mut().insert(Admitted {
+            client,
+            hold: handler.admission.clone(),
+            stream: stream.clone(),
+        });
+        let mut app = handler.app.clone();
+        Box::pin(async move {
+            // A router is always ready; its error type is `Infallible`.
+            let res = app.call(req).await?;
+            Ok(tracked(res, busy, stream))
+        })
+    }
+}
+
+/// `res` with a body that keeps the request counted in flight (and holds its
+/// places) until hyper has sent it all or the client has gone.
+fn tracked(res: Response, busy: Busy, stream: Option<Arc<Admission>>) -> Response {
+    res.map(|inner| {
+        Body::new(Tracked {
+            inner,
+            _busy: busy,
+            _stream: stream,
+        })
     })
 }
 
-async fn accept_loop(
-    mut listener: TcpListener,
-    to_axum: mpsc::Sender<(TcpStream, SocketAddr)>,
-    feed: FeedState,
-    tasks: TaskTracker,
-) {
-    loop {
-        // axum's `accept` for a `TcpListener` logs and retries on errors (and
-        // backs off when out of file descriptors), so it never fails.
-        let (tcp, addr) = tokio::select! {
-            _ = feed.shutdown.cancelled() => return,
-            conn = axum::serve::Listener::accept(&mut listener) => conn,
-        };
-        // Real-time frames are small and must leave at once: with Nagle's
-        // algorithm a frame written while the previous one is unacknowledged
-        // waits for the peer's (possibly delayed, up to 40 ms) ACK.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("could not set TCP_NODELAY: {e}");
+/// A response body with what must live exactly as long as it.
+struct Tracked {
+    /// The body itself.
+    inner: Body,
+    /// Keeps the request in flight.
+    _busy: Busy,
+    /// Keeps a proxied stream's per-address place.
+    _stream: Option<Arc<Admission>>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the watchdog knows of a connection.
+#[derive(Default)]
+struct Activity {
+    /// Requests whose response is not finished.
+    in_flight: AtomicUsize,
+    /// Requests started so far.
+    started: AtomicU64,
+    /// Bytes arrived since the connection last went quiet (a head has begun).
+    reading: AtomicBool,
+    /// Woken on every change of the above.
+    changed: Notify,
+}
+
+/// A request in flight; finishing it (dropping this) lets the connection go quiet.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.started.fetch_add(1, Ordering::Relaxed);
+        activity.changed.notify_one();
+        Busy(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.reading.store(false, Ordering::Relaxed);
         }
-        tasks.spawn(route(tcp, addr, to_axum.clone(), feed.clone()));
+        self.0.changed.notify_one();
     }
 }
 
-/// A connection served by axum, watched for a feed request to take over.
-pub struct Connection {
-    /// The socket; `None` only once it has been taken for a feed stream.
-    tcp: Option<TcpStream>,
-    /// Set when hyper read a feed request: from then on hyper reads the end
-    /// of the connection, and the stream starts when hyper drops it.
-    feed_request: Option<(Option<u64>, Framing)>,
-    /// For that stream.
-    feed: FeedState,
-    /// Where that stream runs.
-    tasks: TaskTracker,
+/// Where a connection stands, for its timeouts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A request is in flight: no timeout.
+    Busy,
+    /// Waiting for a head: new, or bytes of the next request have arrived.
+    Head,
+    /// Kept alive between requests.
+    Idle,
 }
 
-impl Connection {
-    fn tcp(&mut self) -> io::Result<Pin<&mut TcpStream>> {
-        self.tcp
-            .as_mut()
-            .map(Pin::new)
-            .ok_or_else(|| io::ErrorKind::NotConnected.into())
+impl Activity {
+    fn phase(&self) -> Phase {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            Phase::Busy
+        } else if self.reading.load(Ordering::Relaxed) || self.started.load(Ordering::Relaxed) == 0
+        {
+            Phase::Head
+        } else {
+            Phase::Idle
+        }
+    }
+
+    /// Resolves (with the phase's name) when the connection has been waiting
+    /// for a head longer than `header`, or idle longer than `idle`.
+    async fn expire(&self, header: Duration, idle: Duration) -> &'static str {
+        let mut phase = Phase::Head;
+        let mut started = 0;
+        let mut since = Instant::now();
+        loop {
+            // Registered before reading the state: a change after the read
+            // leaves a permit, so it is never missed.
+            let changed = self.changed.notified();
+            let now = (self.phase(), self.started.load(Ordering::Relaxed));
+            if now != (phase, started) {
+                (phase, started) = now;
+                since = Instant::now();
+            }
+            let (limit, name) = match phase {
+                Phase::Busy => {
+                    changed.await;
+                    continue;
+                }
+                Phase::Head => (header, "head"),
+                Phase::Idle => (idle, "idle"),
+            };
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(since + limit) => return name,
+            }
+        }
     }
 }
 
-impl AsyncRead for Connection {
+/// A connection's socket, watched for the first bytes of each request.
+struct Watched {
+    /// The socket.
+    io: TcpStream,
+    /// Told when bytes arrive on a quiet connection.
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.feed_request.is_some() {
-            return Poll::Ready(Ok(()));
-        }
         let before = buf.filled().len();
-        ready!(this.tcp()?.poll_read(cx, buf))?;
-        // A browser sends its next request only once the previous response
-        // is complete, so a read that starts a request holds all of its head.
-        let read = &buf.filled()[before..];
-        if read.starts_with(b"GET /api/events") {
-            if let Route::Feed {
-                last_seen, framing, ..
-            } = classify(read)
-            {
-                this.feed_request = Some((last_seen, framing));
-                // hyper never sees these bytes: to it, the client is gone.
-                buf.set_filled(before);
-            }
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before && !this.activity.reading.load(Ordering::Relaxed) {
+            this.activity.reading.store(true, Ordering::Relaxed);
+            this.activity.changed.notify_one();
         }
-        Poll::Ready(Ok(()))
+        polled
     }
 }
 
-impl AsyncWrite for Connection {
+impl AsyncWrite for Watched {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().tcp()?.poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -207,209 +551,18 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().tcp()?.poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().tcp()?.poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        // hyper closes what it thinks is a finished connection; the socket
-        // stays open for the feed stream.
-        if this.feed_request.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        this.tcp()?.poll_shutdown(cx)
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        let (Some((last_seen, framing)), Some(tcp)) = (self.feed_request.take(), self.tcp.take())
-        else {
-            return;
-        };
-        // hyper drops the connection in its own task, on the runtime.
-        if self.feed.shutdown.is_cancelled() {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let stream = feed::serve_socket(tcp, last_seen, framing, self.feed.clone());
-            self.tasks.spawn_on(stream, &runtime);
-        }
-    }
-}
-
-/// Where one connection goes.
-#[derive(Debug, PartialEq)]
-enum Route {
-    /// A feed stream, served here; the request head is `head_len` bytes.
-    Feed {
-        head_len: usize,
-        last_seen: Option<u64>,
-        framing: Framing,
-    },
-    /// Everything else.
-    Axum,
-}
-
-async fn route(
-    mut tcp: TcpStream,
-    addr: SocketAddr,
-    to_axum: mpsc::Sender<(TcpStream, SocketAddr)>,
-    feed: FeedState,
-) {
-    let route = tokio::select! {
-        _ = feed.shutdown.cancelled() => return,
-        route = peek_route(&tcp) => route,
-    };
-    match route {
-        Ok(Route::Feed {
-            head_len,
-            last_seen,
-            framing,
-        }) => {
-            // The head is already in the socket's buffer: this read does not
-            // wait.
-            let mut head = vec![0; head_len];
-            if tcp.read_exact(&mut head).await.is_ok() {
-                drop(head);
-                feed::serve_socket(tcp, last_seen, framing, feed).await;
-            }
-        }
-        Ok(Route::Axum) => {
-            tokio::select! {
-                _ = feed.shutdown.cancelled() => {}
-                _ = to_axum.send((tcp, addr)) => {}
-            }
-        }
-        // The client went away before saying anything.
-        Err(_) => {}
-    }
-}
-
-/// Waits for the connection's first bytes and decides where it goes,
-/// without taking anything off the socket.
-async fn peek_route(tcp: &TcpStream) -> io::Result<Route> {
-    // Wait before allocating: a browser may open a connection and send
-    // nothing on it for a while.
-    tcp.readable().await?;
-    let mut buf = vec![0; MAX_HEAD];
-    let n = tcp.peek(&mut buf).await?;
-    if n == 0 {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(classify(&buf[..n]))
-}
-
-/// The route for a connection whose first bytes are `bytes`.
-fn classify(bytes: &[u8]) -> Route {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(head_len)) = req.parse(bytes) else {
-        return Route::Axum;
-    };
-    // Bytes after the head would be a body or a pipelined request: neither
-    // fits a response that never ends.
-    if head_len != bytes.len() || req.method != Some("GET") {
-        return Route::Axum;
-    }
-    let framing = match req.version {
-        Some(1) => Framing::Chunked,
-        Some(0) => Framing::UntilClose,
-        _ => return Route::Axum,
-    };
-    let Some(Ok(uri)) = req.path.map(str::parse::<Uri>) else {
-        return Route::Axum;
-    };
-    if uri.path() != FEED_PATH {
-        return Route::Axum;
-    }
-    let mut last_event_id = None;
-    for h in req.headers.iter() {
-        let refused = ["content-length", "transfer-encoding", "upgrade", "expect"];
-        if refused.iter().any(|r| h.name.eq_ignore_ascii_case(r)) {
-            return Route::Axum;
-        }
-        if last_event_id.is_none() && h.name.eq_ignore_ascii_case("last-event-id") {
-            last_event_id = Some(h.value);
-        }
-    }
-    let Ok(Query(query)) = Query::<EventsQuery>::try_from_uri(&uri) else {
-        return Route::Axum;
-    };
-    match feed::last_seen(last_event_id, query.last_event_id.as_deref()) {
-        Ok(last_seen) => Route::Feed {
-            head_len,
-            last_seen,
-            framing,
-        },
-        Err(feed::BadLastEventId) => Route::Axum,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn feed(head: &str, last_seen: Option<u64>) -> Route {
-        Route::Feed {
-            head_len: head.len(),
-            last_seen,
-            framing: Framing::Chunked,
-        }
-    }
-
-    #[test]
-    fn a_plain_feed_request_is_served_here() {
-        let head = "GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
-        assert_eq!(classify(head.as_bytes()), feed(head, None));
-        let head = "GET /api/events?lastEventId=12 HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(classify(head.as_bytes()), feed(head, Some(12)));
-        let head = "GET /api/events?lastEventId=12 HTTP/1.1\r\nLast-Event-ID: 40\r\n\r\n";
-        assert_eq!(classify(head.as_bytes()), feed(head, Some(40)));
-        // HTTP/1.0 (nginx's default upstream protocol): no chunks.
-        let head = "GET /api/events HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n";
-        assert_eq!(
-            classify(head.as_bytes()),
-            Route::Feed {
-                head_len: head.len(),
-                last_seen: None,
-                framing: Framing::UntilClose,
-            }
-        );
-    }
-
-    #[test]
-    fn anything_else_goes_to_axum() {
-        let cases: &[&[u8]] = &[
-            // Other paths and methods, HTTP/2 prior knowledge.
-            b"GET / HTTP/1.1\r\n\r\n",
-            b"GET /api/events/ HTTP/1.1\r\n\r\n",
-            b"GET /api/ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
-            b"HEAD /api/events HTTP/1.1\r\n\r\n",
-            b"POST /api/events HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            // A head not complete yet, or followed by more bytes.
-            b"GET /api/events HTTP/1.1\r\nHost: x\r\n",
-            b"GET /api/events HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n",
-            // A body, an upgrade, a bad resume id (axum answers 400).
-            b"GET /api/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET /api/events HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
-            b"GET /api/events HTTP/1.1\r\nLast-Event-ID: soon\r\n\r\n",
-            b"GET /api/events?lastEventId=x HTTP/1.1\r\n\r\n",
-            // Not HTTP.
-            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
-        ];
-        for bytes in cases {
-            let shown = String::from_utf8_lossy(bytes);
-            assert_eq!(classify(bytes), Route::Axum, "{shown:?}");
-        }
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

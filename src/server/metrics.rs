@@ -15,8 +15,10 @@ pub const OPEN_CONNECTIONS: &str = "pulse_open_connections";
 pub const CONNECTIONS_OPENED: &str = "pulse_connections_opened_total";
 /// Receivers of the feed's broadcast channel (one per open SSE stream).
 pub const FEED_SUBSCRIBERS: &str = "pulse_feed_subscribers";
-/// Feed streams opened since start, by what serves them (see [`FeedPath`]).
-pub const FEED_STREAMS: &str = "pulse_feed_streams_total";
+/// Connections and requests refused by a limit, by reason.
+pub const REFUSED: &str = "pulse_refused_total";
+/// Connections closed for sending no request head in time, by phase.
+pub const TIMED_OUT: &str = "pulse_connections_timed_out_total";
 /// Chat frames received from clients.
 pub const MESSAGES_RECEIVED: &str = "pulse_messages_received_total";
 /// Chat messages delivered to clients (one per recipient).
@@ -114,12 +116,16 @@ pub fn install() -> Result<PrometheusHandle, String> {
         gauge!(OPEN_CONNECTIONS, "transport" => t.label()).set(0.0);
         counter!(CONNECTIONS_OPENED, "transport" => t.label()).absolute(0);
     }
-    for path in [FeedPath::Socket, FeedPath::Axum] {
-        counter!(FEED_STREAMS, "served_by" => path.label()).absolute(0);
+    for phase in ["head", "idle"] {
+        counter!(TIMED_OUT, "phase" => phase).absolute(0);
     }
     metrics::describe_counter!(
-        FEED_STREAMS,
-        "Feed streams opened since start: served_by socket (straight on the socket) or axum."
+        REFUSED,
+        "Connections, requests and sign-ins refused by a limit, by reason."
+    );
+    metrics::describe_counter!(
+        TIMED_OUT,
+        "Connections closed for a request head not sent in time (head) or idle too long (idle)."
     );
     metrics::describe_gauge!(OPEN_CONNECTIONS, "Open connections, by transport.");
     metrics::describe_counter!(CONNECTIONS_OPENED, "Connections opened since start.");
@@ -155,30 +161,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-/// What serves a feed stream. Operators can tell from this whether their
-/// proxy lets streams take the cheap path (see `server::listener`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeedPath {
-    /// Written straight to its socket (≈ 1.6 KB per idle stream).
-    Socket,
-    /// Served by axum and hyper (≈ 17 KB per idle stream): a feed request
-    /// that is not plain (a head over 4 KiB or split over two reads, a bad
-    /// resume id…).
-    Axum,
+/// Something was refused by a limit: `max_connections`, `per_ip`,
+/// `per_user`, `signin`, `cross_site`.
+pub fn refused(reason: &'static str) {
+    counter!(REFUSED, "reason" => reason).increment(1);
 }
 
-impl FeedPath {
-    fn label(self) -> &'static str {
-        match self {
-            FeedPath::Socket => "socket",
-            FeedPath::Axum => "axum",
-        }
-    }
-}
-
-/// A feed stream opened.
-pub fn feed_stream_opened(path: FeedPath) {
-    counter!(FEED_STREAMS, "served_by" => path.label()).increment(1);
+/// A connection was closed by a timeout (`head` or `idle`).
+pub fn timed_out(phase: &'static str) {
+    counter!(TIMED_OUT, "phase" => phase).increment(1);
 }
 
 /// A client connected.

@@ -1,7 +1,7 @@
 //! Notifications: a signed-in user's text pushed into the live feed of every
 //! client, from `POST /api/notifications` (Bearer JWT) or the
-//! `publish_notification` server function (session cookie). Same validation
-//! and rate limit as chat messages.
+//! `publish_notification` server function (session cookie). Same text rule
+//! and rate limit as chat messages, keyed by the user's id.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +13,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::protocol::{ErrorCode, FeedEvent, MAX_TEXT_CHARS};
+use crate::protocol::{ErrorCode, FeedEvent};
 use crate::server::auth::{bearer_token, cookie_token};
 use crate::server::broker::BusEvent;
 use crate::server::chat::Chat;
 use crate::server::feed::{now_ms, Feed};
 use crate::server::metrics;
+use crate::server::text;
 
 /// Publishes notifications into the feed.
 pub struct Notifier {
@@ -71,25 +72,21 @@ struct Body {
 }
 
 impl Notifier {
-    /// Publishes `text` as `user`.
-    pub fn publish(&self, user: &str, text: &str) -> Result<Published, NotifyError> {
-        let text = text.trim();
-        let chars = text.chars().count();
-        if chars == 0 || chars > MAX_TEXT_CHARS {
+    /// Publishes `text` as user `user_id` called `name`.
+    pub fn publish(&self, user_id: &str, name: &str, text: &str) -> Result<Published, NotifyError> {
+        let text = text::message_text(text).map_err(|why| {
             metrics::invalid_message();
-            return Err(NotifyError::Invalid(format!(
-                "text must be 1-{MAX_TEXT_CHARS} characters after trimming, got {chars}"
-            )));
-        }
-        let user: Arc<str> = Arc::from(user);
-        if let Err(wait) = self.chat.check_message_rate(&user) {
+            NotifyError::Invalid(why)
+        })?;
+        if let Err(wait) = self.chat.check_message_rate(&Arc::from(user_id)) {
             metrics::rate_limited();
             return Err(NotifyError::RateLimited(wait));
         }
         let id = uuid::Uuid::now_v7().simple().to_string();
         let event = FeedEvent::Notification {
             id: id.clone(),
-            user: user.to_string(),
+            user_id: user_id.to_string(),
+            user: name.to_string(),
             text: text.to_string(),
             timestamp: now_ms(),
         };
@@ -102,7 +99,7 @@ impl Notifier {
     }
 
     /// Publishes as the user of the request's session cookie.
-    pub fn publish_from_session(
+    pub async fn publish_from_session(
         &self,
         headers: &HeaderMap,
         text: &str,
@@ -111,10 +108,21 @@ impl Notifier {
             .ok_or_else(|| NotifyError::Unauthorized("sign in to publish".into()))?;
         let claims = self
             .chat
-            .auth
-            .verify(&token)
+            .verify_session(&token)
+            .await
             .map_err(|e| NotifyError::Unauthorized(e.to_string()))?;
-        self.publish(&claims.sub, text)
+        self.publish(&claims.sub, &claims.name, text)
+    }
+}
+
+impl NotifyError {
+    /// The HTTP status that answers it.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            NotifyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            NotifyError::Invalid(_) => StatusCode::BAD_REQUEST,
+            NotifyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        }
     }
 }
 
@@ -126,14 +134,14 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let claims = match bearer_token(&headers).map(|t| notifier.chat.auth.verify(&t)) {
-        Some(Ok(claims)) => claims,
-        Some(Err(e)) => return refuse(NotifyError::Unauthorized(e.to_string())),
-        None => {
-            return refuse(NotifyError::Unauthorized(
-                "send Authorization: Bearer <token>".into(),
-            ))
-        }
+    let Some(token) = bearer_token(&headers) else {
+        return refuse(NotifyError::Unauthorized(
+            "send Authorization: Bearer <token>".into(),
+        ));
+    };
+    let claims = match notifier.chat.verify_session(&token).await {
+        Ok(claims) => claims,
+        Err(e) => return refuse(NotifyError::Unauthorized(e.to_string())),
     };
     let text = match serde_json::from_slice::<Body>(&body) {
         Ok(body) => body.text,
@@ -144,7 +152,7 @@ pub async fn post(
             )));
         }
     };
-    match notifier.publish(&claims.sub, &text) {
+    match notifier.publish(&claims.sub, &claims.name, &text) {
         Ok(p) => (
             StatusCode::ACCEPTED,
             axum::Json(json!({ "id": p.id, "event_id": p.event_id })),

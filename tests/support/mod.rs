@@ -19,6 +19,8 @@ pub struct Server {
     pub child: Child,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// `http://127.0.0.1:PORT/metrics` on the metrics listener, if it runs.
+    pub metrics_url: Option<String>,
     /// Log lines the process writes.
     pub logs: mpsc::UnboundedReceiver<String>,
 }
@@ -26,8 +28,23 @@ pub struct Server {
 impl Server {
     /// Starts the binary on port 0 with `env` and waits until it listens.
     pub async fn start(env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulse"));
+        Self::start_with(env, None).await
+    }
+
+    /// Like [`Server::start`], with the process's open-file limit (soft and
+    /// hard) set to `open_files` if given.
+    pub async fn start_with(env: &[(&str, &str)], open_files: Option<u64>) -> Server {
+        let bin = env!("CARGO_BIN_EXE_pulse");
+        let mut cmd = match open_files {
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\""), bin]);
+                sh
+            }
+            None => Command::new(bin),
+        };
         cmd.env("LEPTOS_SITE_ADDR", "127.0.0.1:0")
+            .env("PULSE_METRICS_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .env("PULSE_LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
@@ -46,17 +63,27 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let url = tokio::time::timeout(WAIT, async {
+        // The metrics listener's address is logged before the public one.
+        let (url, metrics_url) = tokio::time::timeout(WAIT, async {
+            let mut metrics_url = None;
             while let Some(line) = logs.recv().await {
+                if let Some(rest) = line.split("metrics on ").nth(1) {
+                    metrics_url = Some(rest.trim().to_string());
+                }
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    return rest.trim().to_string();
+                    return (rest.trim().to_string(), metrics_url);
                 }
             }
             panic!("pulse exited before listening");
         })
         .await
         .expect("pulse did not start listening");
-        Server { child, url, logs }
+        Server {
+            child,
+            url,
+            metrics_url,
+            logs,
+        }
     }
 
     /// Sends a signal to the process (`TERM`, `INT`).
@@ -72,7 +99,11 @@ impl Server {
 
     /// One series of `/metrics`, e.g. `pulse_feed_subscribers`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.url))
+        let url = self
+            .metrics_url
+            .as_deref()
+            .expect("the metrics listener runs");
+        let text = reqwest::get(url)
             .await
             .expect("GET /metrics")
             .text()
@@ -203,6 +234,8 @@ pub mod ws;
 
 pub mod redis;
 
+pub mod nginx;
+
 impl Server {
     /// Waits until `/readyz` answers `status`.
     pub async fn wait_ready(&self, status: u16) {
@@ -221,6 +254,20 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until the server logs a line containing `needle`; returns it.
+    pub async fn wait_log(&mut self, needle: &str) -> String {
+        tokio::time::timeout(WAIT, async {
+            while let Some(line) = self.logs.recv().await {
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            panic!("pulse exited before logging {needle:?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
     }
 
     /// The log lines written so far (and not yet taken) containing `needle`.

@@ -31,19 +31,40 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
-/// A token for `sub` with the given `exp`, signed with `secret`.
-pub fn token_with(secret: &str, sub: &str, exp: u64) -> String {
+/// The user id the test tokens give the display name `name`: one id per
+/// name, so two connections as "Ada" are one user.
+pub fn id_of(name: &str) -> String {
+    format!("test-{}", name.to_lowercase())
+}
+
+/// A token for user `id` called `name`, expiring at `exp`, signed with `secret`.
+pub fn token_for(secret: &str, id: &str, name: &str, exp: u64) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({ "sub": sub, "exp": exp, "iat": now() }),
+        &json!({ "sub": id, "name": name, "sid": format!("sid-{id}"), "exp": exp, "iat": now() }),
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()
 }
 
-/// A valid token for `sub`, for an hour.
-pub fn token(sub: &str) -> String {
-    token_with(SECRET, sub, now() + 3600)
+/// A token for the user called `name` with the given `exp`, signed with `secret`.
+pub fn token_with(secret: &str, name: &str, exp: u64) -> String {
+    token_for(secret, &id_of(name), name, exp)
+}
+
+/// A valid token for the user called `name`, for an hour.
+pub fn token(name: &str) -> String {
+    token_with(SECRET, name, now() + 3600)
+}
+
+/// The display names in a `members`, `joined` or `left` list.
+pub fn names(members: &Value) -> Vec<String> {
+    members
+        .as_array()
+        .expect("a list of members")
+        .iter()
+        .map(|m| m["name"].as_str().expect("a name").to_string())
+        .collect()
 }
 
 /// `ws://` URL of the server's chat endpoint.
@@ -122,8 +143,8 @@ impl Client {
         self.ws.send(msg).await.expect("send");
     }
 
-    /// The next JSON frame from the server.
-    pub async fn recv(&mut self) -> Value {
+    /// The next JSON frame from the server, presence changes included.
+    pub async fn recv_any(&mut self) -> Value {
         tokio::time::timeout(WAIT, async {
             loop {
                 match self.ws.next().await {
@@ -137,11 +158,41 @@ impl Client {
         .expect("no frame from the server")
     }
 
+    /// The next JSON frame from the server that is not a `presence` change
+    /// (those come on their own schedule; see [`Client::joined_seen`]).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let v = self.recv_any().await;
+            if v["type"] != "presence" {
+                return v;
+            }
+        }
+    }
+
     /// The next frame of type `ty`, skipping others (notices, say).
     pub async fn recv_type(&mut self, ty: &str) -> Value {
         loop {
-            let v = self.recv().await;
+            let v = self.recv_any().await;
             if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+
+    /// Waits for the `presence` frames of `room` that say `name` joined.
+    pub async fn joined_seen(&mut self, room: &str, name: &str) -> Value {
+        self.presence_seen(room, "joined", name).await
+    }
+
+    /// Waits for the `presence` frames of `room` that say `name` left.
+    pub async fn left_seen(&mut self, room: &str, name: &str) -> Value {
+        self.presence_seen(room, "left", name).await
+    }
+
+    async fn presence_seen(&mut self, room: &str, list: &str, name: &str) -> Value {
+        loop {
+            let v = self.recv_type("presence").await;
+            if v["room"] == room && names(&v[list]).iter().any(|n| n == name) {
                 return v;
             }
         }
@@ -182,6 +233,8 @@ impl Client {
     pub async fn assert_nothing_pending(&mut self) {
         self.send(json!({ "type": "leave", "room": "zz-probe" }))
             .await;
+        // Presence changes come on their own schedule; anything else queued
+        // before the probe would come first.
         let v = self.recv().await;
         assert_eq!(
             v["code"], "not_in_room",

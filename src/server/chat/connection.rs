@@ -15,24 +15,37 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
-use super::hub::{error, ConnId, Outbox};
+use super::hub::{error, rate_limited, ConnId, Outbox, Queue, User};
 use super::Chat;
 use crate::protocol::{
-    ClientMessage, ErrorCode, ServerMessage, CLOSE_GOING_AWAY, CLOSE_PING_TIMEOUT,
-    CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_TOO_SLOW, MAX_FRAME_BYTES, MAX_ROOMS_PER_CONNECTION,
-    MAX_TEXT_CHARS,
+    ClientMessage, ErrorCode, ServerMessage, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,
+    CLOSE_PING_TIMEOUT, CLOSE_PROTOCOL_ERROR, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_TOO_SLOW,
+    MAX_FRAME_BYTES, MAX_ROOMS_PER_CONNECTION,
 };
+use crate::server::admission::Slot;
 use crate::server::auth::{now_secs, Claims};
+use crate::server::listener::Admission;
 use crate::server::metrics::{self, Transport};
+use crate::server::text;
 
 /// How long the writer may take to send the last frames and the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What a socket holds of the server's limits, given back when it closes.
+pub struct Places {
+    /// Its connection's place (server-wide and per address).
+    pub _connection: Arc<Admission>,
+    /// Through a trusted proxy: its place under the forwarded address.
+    pub _stream: Option<Arc<Admission>>,
+    /// One of its user's sockets.
+    pub _user: Slot<Arc<str>>,
+}
 
 /// Why the connection ends, and what (if anything) to tell the client.
 enum End {
@@ -55,19 +68,32 @@ pub fn run(
     chat: Arc<Chat>,
     id: ConnId,
     claims: Claims,
+    places: Places,
 ) -> impl Future<Output = ()> + Send {
-    let span = tracing::info_span!("ws", conn = id, user = %claims.sub);
+    let span = tracing::info_span!(
+        "ws",
+        conn = id,
+        user = %claims.sub,
+        display_name = %claims.name
+    );
     let entered = span.enter();
     metrics::connection_opened(Transport::Ws);
     tracing::debug!("connected");
     let (sink, stream) = socket.split();
-    let (outbox, queue) = Outbox::new(chat.queue);
+    let (outbox, queue) = Outbox::new(chat.queue_bytes);
     let writer = tokio::spawn(write_loop(sink, queue).in_current_span());
+    let signed_out = chat.track_session(&claims.sid, id);
     let reader = Reader {
         _open: chat.sockets.token(),
+        _places: places,
         chat,
         id,
-        user: Arc::from(claims.sub),
+        user: User {
+            id: Arc::from(claims.sub),
+            name: Arc::from(claims.name),
+        },
+        session: claims.sid,
+        signed_out,
         expires_at: claims.exp,
         stream,
         outbox,
@@ -79,7 +105,7 @@ pub fn run(
 
 /// Sends everything queued for the client, in order, until the queue closes
 /// or a close frame has gone out.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Receiver<Message>) {
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: Queue) {
     // Whatever queued up while the last write was in flight goes out in one
     // write (`feed` buffers up to the write buffer size, `flush` sends): one
     // syscall for a burst instead of one a frame.
@@ -89,7 +115,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut queue: mpsc::Re
             break;
         }
         while !closing {
-            let Ok(frame) = queue.try_recv() else { break };
+            let Some(frame) = queue.try_recv() else { break };
             closing = matches!(frame, Message::Close(_));
             if sink.feed(frame).await.is_err() {
                 break 'write;
@@ -108,8 +134,12 @@ struct Reader {
     chat: Arc<Chat>,
     /// This connection in the hub.
     id: ConnId,
-    /// The authenticated user (the token's `sub`).
-    user: Arc<str>,
+    /// The authenticated user (the token's `sub` and `name`).
+    user: User,
+    /// Its sign-in session (the token's `sid`).
+    session: String,
+    /// Cancelled when that session is signed out.
+    signed_out: CancellationToken,
     /// When the token expires (Unix seconds): the connection closes then.
     expires_at: u64,
     /// Frames from the client.
@@ -120,6 +150,8 @@ struct Reader {
     writer: JoinHandle<()>,
     /// Holds shutdown until this connection has finished.
     _open: TaskTrackerToken,
+    /// Its places in the server's limits.
+    _places: Places,
 }
 
 async fn serve(reader: Reader) {
@@ -127,11 +159,14 @@ async fn serve(reader: Reader) {
         chat,
         id,
         user,
+        session,
+        signed_out,
         expires_at,
         mut stream,
         outbox,
         writer,
         _open,
+        _places,
     } = reader;
     let mut joined = BTreeSet::<String>::new();
     let mut ping =
@@ -147,6 +182,7 @@ async fn serve(reader: Reader) {
             _ = chat.shutdown.cancelled() => break End::Close(CLOSE_GOING_AWAY, "server shutting down"),
             _ = outbox.too_slow().cancelled() => break End::Close(CLOSE_TOO_SLOW, "too slow: outbound queue full"),
             _ = &mut expiry => break End::Close(CLOSE_TOKEN_EXPIRED, "token expired"),
+            _ = signed_out.cancelled() => break End::Close(CLOSE_TOKEN_EXPIRED, "signed out"),
             _ = ping.tick() => {
                 if !heard_since_ping {
                     break End::Close(CLOSE_PING_TIMEOUT, "no answer to ping");
@@ -160,13 +196,7 @@ async fn serve(reader: Reader) {
                     None | Some(Ok(Message::Close(_))) => break End::ClientGone,
                     Some(Err(e)) => {
                         tracing::debug!("read error: {e}");
-                        // The codec refuses frames over the limit; other read
-                        // errors mean the peer is gone or broke the protocol.
-                        break if is_too_big(&e) {
-                            End::Close(CLOSE_TOO_BIG, "frame too large")
-                        } else {
-                            End::ClientGone
-                        };
+                        break read_error(e);
                     }
                     Some(Ok(Message::Text(text))) => {
                         if text.len() > MAX_FRAME_BYTES {
@@ -186,6 +216,7 @@ async fn serve(reader: Reader) {
     };
 
     chat.hub.disconnect(id, &joined);
+    chat.untrack_session(&session, id);
     let slow = outbox.too_slow().is_cancelled();
     if let End::Close(code, reason) = end {
         tracing::debug!(code, reason, "closing");
@@ -205,17 +236,27 @@ async fn serve(reader: Reader) {
     tracing::debug!("disconnected");
 }
 
-/// Whether a read error is the codec refusing an oversized frame.
-fn is_too_big(e: &axum::Error) -> bool {
-    let text = e.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+/// How a connection whose read failed with `e` ends (RFC 6455 §7.4.1).
+fn read_error(e: axum::Error) -> End {
+    use tungstenite::error::{CapacityError, Error};
+    match e.into_inner().downcast::<Error>().map(|e| *e) {
+        Ok(Error::Capacity(CapacityError::MessageTooLong { .. })) => {
+            End::Close(CLOSE_TOO_BIG, "frame too large")
+        }
+        Ok(Error::Utf8(_)) => End::Close(CLOSE_INVALID_DATA, "text frame is not valid UTF-8"),
+        Ok(Error::Protocol(_) | Error::Capacity(_)) => {
+            End::Close(CLOSE_PROTOCOL_ERROR, "WebSocket protocol violation")
+        }
+        // The peer is gone (reset, end of stream): nobody to tell.
+        _ => End::ClientGone,
+    }
 }
 
 /// Acts on one text frame from the client.
 async fn handle(
     chat: &Chat,
     id: ConnId,
-    user: &Arc<str>,
+    user: &User,
     outbox: &Outbox,
     joined: &mut BTreeSet<String>,
     text: &str,
@@ -242,15 +283,15 @@ async fn handle(
                 ));
                 return;
             }
-            if let Err(wait) = chat.check_room_change_rate(user) {
-                outbox.send(&rate_limited(wait));
+            if let Err(wait) = chat.check_room_change_rate(&user.id) {
+                outbox.send(&too_many(wait));
                 return;
             }
             // With several instances, history and members come from Redis.
             // Boxed: the Redis round trip's state is large, and inline it
             // would be part of every idle connection's task for its lifetime.
             let shared = if chat.broker.is_redis() && crate::protocol::is_valid_room(&room) {
-                Box::pin(chat.broker.room_snapshot(&room, user)).await
+                Box::pin(chat.broker.room_snapshot(&room, &user.member())).await
             } else {
                 None
             };
@@ -263,7 +304,7 @@ async fn handle(
                     // The room could not be created here, so none of this
                     // user's connections is in it: undo the snapshot's mark.
                     if marked_present {
-                        chat.broker.presence(&room, user, false);
+                        chat.broker.presence(&room, &user.member(), false);
                     }
                     outbox.send(&e);
                 }
@@ -274,33 +315,29 @@ async fn handle(
                 outbox.send(&not_in_room(&room));
                 return;
             }
-            if let Err(wait) = chat.check_room_change_rate(user) {
-                outbox.send(&rate_limited(wait));
+            if let Err(wait) = chat.check_room_change_rate(&user.id) {
+                outbox.send(&too_many(wait));
                 return;
             }
             chat.hub.leave(id, outbox, &room);
             joined.remove(&room);
         }
         ClientMessage::Message { room, text } => {
-            let text = text.trim();
-            let chars = text.chars().count();
-            if chars == 0 || chars > MAX_TEXT_CHARS {
-                metrics::invalid_message();
-                outbox.send(&error(
-                    ErrorCode::InvalidMessage,
-                    format!(
-                        "text must be 1-{MAX_TEXT_CHARS} characters after trimming, got {chars}"
-                    ),
-                ));
-                return;
-            }
+            let text = match text::message_text(&text) {
+                Ok(text) => text,
+                Err(why) => {
+                    metrics::invalid_message();
+                    outbox.send(&error(ErrorCode::InvalidMessage, why));
+                    return;
+                }
+            };
             if !joined.contains(&room) {
                 outbox.send(&not_in_room(&room));
                 return;
             }
-            if let Err(wait) = chat.check_message_rate(user) {
+            if let Err(wait) = chat.check_message_rate(&user.id) {
                 metrics::rate_limited();
-                outbox.send(&rate_limited(wait));
+                outbox.send(&too_many(wait));
                 return;
             }
             chat.hub.say(id, user, &room, text);
@@ -315,11 +352,12 @@ fn not_in_room(room: &str) -> ServerMessage {
     )
 }
 
-fn rate_limited(wait: Duration) -> ServerMessage {
-    let ms = wait.as_millis().max(1) as u64;
-    ServerMessage::Error {
-        code: ErrorCode::RateLimited,
-        message: format!("too many messages; try again in {ms} ms"),
-        retry_after_ms: Some(ms),
-    }
+fn too_many(wait: Duration) -> ServerMessage {
+    rate_limited(
+        format!(
+            "too many messages; try again in {} ms",
+            wait.as_millis().max(1)
+        ),
+        wait,
+    )
 }

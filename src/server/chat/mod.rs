@@ -8,13 +8,14 @@
 pub mod connection;
 pub mod hub;
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, OriginalUri, State};
+use axum::extract::{Extension, FromRequestParts, OriginalUri, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,11 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::protocol::MAX_FRAME_BYTES;
-use crate::server::auth::{Auth, AuthError};
+use crate::server::admission::{refusal, KeyedCounter};
+use crate::server::auth::{token_from, Auth, AuthError, Claims};
 use crate::server::broker::Broker;
 use crate::server::config::AppSettings;
+use crate::server::listener::Admitted;
 use crate::server::metrics;
-use hub::Hub;
+use hub::{ConnId, Hub};
 
 /// How many bytes of frames a connection's writer gathers before it must
 /// write (it also writes whenever its queue runs dry).
@@ -42,16 +45,21 @@ pub struct Chat {
     pub broker: Broker,
     /// Checks tokens.
     pub auth: Arc<Auth>,
-    /// Chat messages per user per minute.
+    /// Chat messages per user (id) per minute.
     messages: DefaultKeyedRateLimiter<Arc<str>>,
-    /// Joins and leaves per user per minute (each one notifies a whole room).
+    /// Joins and leaves per user (id) per minute (each one notifies a whole room).
     room_changes: DefaultKeyedRateLimiter<Arc<str>>,
+    /// The open sockets of each sign-in session, to close them when it is
+    /// signed out: session id → connection → its signal.
+    sessions: Mutex<HashMap<String, HashMap<ConnId, CancellationToken>>>,
+    /// Open sockets per user.
+    sockets_per_user: Arc<KeyedCounter<Arc<str>>>,
     /// Origins allowed to connect; empty means the site's own.
     allowed_origins: Vec<String>,
     /// Period of the server's pings.
     pub ping_interval: Duration,
-    /// Outbound queue length per connection.
-    pub queue: usize,
+    /// Bytes that may wait in one connection's outbound queue.
+    pub queue_bytes: usize,
     /// Source of connection ids.
     next_id: AtomicU64,
     /// Cancelled at shutdown: every socket closes with 1001.
@@ -73,14 +81,21 @@ impl Chat {
     ) -> Self {
         let per_min = NonZeroU32::new(app.rate_limit_per_min).unwrap_or(NonZeroU32::MIN);
         Chat {
-            hub: Hub::new(app.max_rooms, app.room_idle(), broker.clone()),
+            hub: Hub::new(
+                app.max_rooms,
+                app.room_idle(),
+                app.rooms_per_user,
+                broker.clone(),
+            ),
             broker,
             auth,
             messages: RateLimiter::keyed(Quota::per_minute(per_min)),
             room_changes: RateLimiter::keyed(Quota::per_minute(per_min)),
+            sessions: Mutex::new(HashMap::new()),
+            sockets_per_user: KeyedCounter::new(app.max_sockets_per_user),
             allowed_origins: app.allowed_origins.clone(),
             ping_interval: app.ws_ping_interval(),
-            queue: app.ws_queue,
+            queue_bytes: app.ws_queue_bytes,
             next_id: AtomicU64::new(1),
             shutdown,
             sockets,
@@ -103,14 +118,22 @@ impl Chat {
             .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 
-    /// Periodic upkeep: drops idle rooms and forgets rate-limit state of users
-    /// who have been quiet, so neither grows without bound.
+    /// Periodic upkeep: sends gathered presence changes every
+    /// [`hub::PRESENCE_INTERVAL`]; every `every`, drops idle rooms and forgets
+    /// expired revocations and the rate-limit state of quiet users, so none
+    /// of them grows without bound.
     pub async fn run_upkeep(self: Arc<Self>, every: Duration) {
+        let mut presence = tokio::time::interval(hub::PRESENCE_INTERVAL);
+        presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
+                _ = presence.tick() => {
+                    self.hub.flush_presence();
+                    continue;
+                }
                 _ = tick.tick() => {}
             }
             let dropped = self.hub.sweep();
@@ -120,6 +143,63 @@ impl Chat {
             for limiter in [&self.messages, &self.room_changes] {
                 limiter.retain_recent();
                 limiter.shrink_to_fit();
+            }
+            self.auth.forget_expired();
+        }
+    }
+
+    /// The claims of `token` if it is valid and its session was not signed
+    /// out, here or (with Redis) on any instance.
+    pub async fn verify_session(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims = self.auth.verify(token)?;
+        if self.broker.is_revoked(&claims.sid).await {
+            self.auth.revoke(&claims.sid, claims.exp);
+            return Err(AuthError::Invalid("the session was signed out".into()));
+        }
+        Ok(claims)
+    }
+
+    /// Signs session `sid` (whose tokens expire at `exp`) out everywhere: its
+    /// token is refused from now on, and its open sockets close with 4001,
+    /// on this instance and (through the bus) on every other.
+    pub fn revoke_session(&self, sid: &str, exp: u64) {
+        self.auth.revoke(sid, exp);
+        self.broker.revoke(sid, exp);
+        self.close_session(sid);
+    }
+
+    /// Closes this instance's sockets of session `sid`.
+    pub fn close_session(&self, sid: &str) {
+        if let Some(conns) = self.sessions().remove(sid) {
+            for signal in conns.into_values() {
+                signal.cancel();
+            }
+        }
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, HashMap<ConnId, CancellationToken>>> {
+        // Each update is one complete insert or remove.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers connection `id` of session `sid`; the token is cancelled when
+    /// the session is signed out.
+    fn track_session(&self, sid: &str, id: ConnId) -> CancellationToken {
+        let signal = CancellationToken::new();
+        self.sessions()
+            .entry(sid.to_string())
+            .or_default()
+            .insert(id, signal.clone());
+        signal
+    }
+
+    /// Forgets connection `id` of session `sid` (it closed).
+    fn untrack_session(&self, sid: &str, id: ConnId) {
+        let mut sessions = self.sessions();
+        if let Some(conns) = sessions.get_mut(sid) {
+            conns.remove(&id);
+            if conns.is_empty() {
+                sessions.remove(sid);
             }
         }
     }
@@ -139,17 +219,19 @@ impl Chat {
     }
 }
 
-/// `GET /ws`: 403 for a foreign origin, 401 without a valid token, else the
-/// upgrade to a chat connection.
+/// `GET /ws`: 403 for a foreign origin, 401 without a valid token, 429 for a
+/// user who holds too many sockets, else the upgrade to a chat connection.
 pub async fn upgrade(
     State(chat): State<Arc<Chat>>,
+    Extension(admitted): Extension<Admitted>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     ws: MaybeUpgrade,
 ) -> Response {
-    // The origin first: a cookie must never let another site in.
+    // The origin first: a cookie must never let another site in. The host is
+    // the one the client asked for (a trusted proxy's X-Forwarded-Host).
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let host = admitted.client.host.as_deref();
         let allowed = origin
             .to_str()
             .is_ok_and(|origin| chat.origin_allowed(origin, host));
@@ -158,7 +240,11 @@ pub async fn upgrade(
             return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
         }
     }
-    let claims = match chat.auth.authenticate(&headers, uri.query()) {
+    let verified = match token_from(&headers, uri.query()) {
+        Some(token) => chat.verify_session(&token).await,
+        None => Err(AuthError::Missing),
+    };
+    let claims = match verified {
         Ok(claims) => claims,
         Err(e) => {
             metrics::upgrade_rejected(match e {
@@ -180,6 +266,23 @@ pub async fn upgrade(
             return rejection;
         }
     };
+    let Some(user_slot) = chat
+        .sockets_per_user
+        .try_acquire(Arc::from(claims.sub.as_str()))
+    else {
+        metrics::refused("per_user");
+        metrics::upgrade_rejected("per_user");
+        return refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many open sockets for this user",
+        );
+    };
+    // The socket keeps the places it was admitted with for its whole life.
+    let places = connection::Places {
+        _connection: admitted.hold,
+        _stream: admitted.stream,
+        _user: user_slot,
+    };
     let id = chat.next_id.fetch_add(1, Ordering::Relaxed);
     // Frames up to 16 KiB are read; anything larger is refused by the codec
     // (and the connection closed with 1009). Buffers are sized for chat frames,
@@ -192,7 +295,7 @@ pub async fn upgrade(
         .max_frame_size(MAX_FRAME_BYTES)
         .read_buffer_size(1024)
         .write_buffer_size(WRITE_BATCH_BYTES)
-        .on_upgrade(move |socket| connection::run(socket, chat, id, claims))
+        .on_upgrade(move |socket| connection::run(socket, chat, id, claims, places))
 }
 
 /// The upgrade, or the response that says why the request is not one; taken

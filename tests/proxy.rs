@@ -1,0 +1,125 @@
+//! pulse behind the README's nginx configuration (a real nginx on a free,
+//! non-default port): WebSockets pass the origin check, limits count the
+//! browser's address, two instances over Redis serve one room, and
+//! `/metrics` is not reachable through the proxy.
+
+mod support;
+
+use std::net::IpAddr;
+
+use support::nginx::Nginx;
+use support::redis::Redis;
+use support::ws::{self, token, Client};
+use support::Server;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Every instance trusts the proxy, which runs on this machine.
+const TRUSTED: (&str, &str) = ("PULSE_TRUSTED_PROXIES", "127.0.0.1");
+
+fn addr(server: &Server) -> String {
+    server.url.trim_start_matches("http://").to_string()
+}
+
+/// A browser-like chat connection through the proxy: it sends the page's
+/// origin, which is the proxy's `http://127.0.0.1:PORT`.
+async fn connect_via(nginx: &Nginx, user: &str) -> Client {
+    let mut req = format!("ws://{}/ws", nginx.addr)
+        .into_client_request()
+        .unwrap();
+    let headers = req.headers_mut();
+    headers.insert("origin", nginx.url().parse().unwrap());
+    headers.insert(
+        "authorization",
+        format!("Bearer {}", token(user)).parse().unwrap(),
+    );
+    let (ws, res) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade through nginx");
+    assert_eq!(res.status(), 101);
+    Client { ws }
+}
+
+#[tokio::test]
+async fn two_instances_behind_the_documented_nginx_serve_one_room() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let env = [TRUSTED, ("PULSE_REDIS_URL", url.as_str())];
+    let a = ws::start(&env).await;
+    let b = ws::start(&env).await;
+    a.wait_ready(200).await;
+    b.wait_ready(200).await;
+    let nginx = Nginx::start(&[&addr(&a), &addr(&b)]).await;
+
+    // Round robin: the two land on different instances, and still share.
+    let mut ada = connect_via(&nginx, "Ada").await;
+    let mut bob = connect_via(&nginx, "Bob").await;
+    ada.join("general").await;
+    bob.join("general").await;
+    ada.joined_seen("general", "Bob").await;
+    bob.say("general", "through nginx").await;
+    assert_eq!(ada.recv_type("message").await["text"], "through nginx");
+    let opened = |s: &Server| {
+        let s = s.metrics_url.clone();
+        async move {
+            let text = reqwest::get(s.unwrap())
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("pulse_connections_opened_total{transport=\"ws\"} "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        }
+    };
+    assert_eq!(
+        (opened(&a).await, opened(&b).await),
+        (1.0, 1.0),
+        "one socket each"
+    );
+
+    // /metrics is on the instances' metrics addresses, not behind the proxy.
+    let res = reqwest::get(format!("{}/metrics", nginx.url()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    ada.ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn behind_the_documented_nginx_limits_count_the_browsers_address() {
+    let server = ws::start(&[TRUSTED, ("PULSE_MAX_CONNECTIONS_PER_IP", "1")]).await;
+    let nginx = Nginx::start(&[&addr(&server)]).await;
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let events = format!("{}/api/events", nginx.url());
+    let first = from("127.0.0.2").get(&events).send().await.unwrap();
+    assert_eq!(first.status(), 200, "a stream for 127.0.0.2");
+    let second = from("127.0.0.2").get(&events).send().await.unwrap();
+    assert_eq!(second.status(), 429, "its second is over the limit");
+    let other = from("127.0.0.3").get(&events).send().await.unwrap();
+    assert_eq!(other.status(), 200, "another browser is not affected");
+    drop((first, other));
+    // A cross-site POST through the proxy is still refused.
+    let res = from("127.0.0.4")
+        .post(format!("{}/api/sign_in", nginx.url()))
+        .header("origin", "https://evil.example")
+        .form(&[("name", "Mallory")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let res = from("127.0.0.4")
+        .post(format!("{}/api/sign_in", nginx.url()))
+        .header("origin", nginx.url())
+        .form(&[("name", "Ada")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "same-site through the proxy");
+}
