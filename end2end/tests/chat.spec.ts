@@ -1,4 +1,5 @@
-import { test, expect, Page, BrowserContext } from '@playwright/test';
+import { test, expect } from './fixtures';
+import { Page, BrowserContext } from '@playwright/test';
 import { PulseServer } from './server';
 
 // A fixed secret, so that sessions survive the restarts below.
@@ -18,6 +19,10 @@ const status = (page: Page) => page.getByTestId('chat-status');
 const messages = (page: Page) => page.locator('[data-testid=messages] li.msg');
 const input = (page: Page) => page.getByTestId('chat-input');
 const send = (page: Page) => page.getByTestId('chat-send');
+/** The display names in the member list (each also shows its tag). */
+const members = (page: Page) => page.locator('[data-testid=members] .member-name');
+/** A notice that `name` (with their tag) joined or left. */
+const notice = (name: string, verb: 'joined' | 'left') => new RegExp(`${name} #[0-9a-f]{4} ${verb}`);
 
 /** Opens `path` and signs in as `name` (or the suggested name). */
 async function signIn(page: Page, path: string, name?: string): Promise<string> {
@@ -113,14 +118,14 @@ test('rooms: presence, notices, switching, history and creating a room', async (
   await expect(ada.getByTestId('members')).toContainText('Ada');
 
   await signIn(bob, '/rooms', 'Bob');
-  await expect(ada.getByTestId('members').locator('li')).toHaveText(['Ada', 'Bob']);
-  await expect(ada.locator('li.notice').last()).toContainText('Bob joined');
+  await expect(members(ada)).toHaveText(['Ada', 'Bob']);
+  await expect(ada.locator('li.notice').last()).toContainText(notice('Bob', 'joined'));
 
   // Ada talks in #tech; Bob joins it later and gets the history.
   await ada.getByRole('button', { name: '#tech' }).click();
   await expect(ada.getByTestId('current-room')).toHaveText('#tech');
-  await expect(bob.getByTestId('members').locator('li')).toHaveText(['Bob']);
-  await expect(bob.locator('li.notice').last()).toContainText('Ada left');
+  await expect(members(bob)).toHaveText(['Bob']);
+  await expect(bob.locator('li.notice').last()).toContainText(notice('Ada', 'left'));
   await say(ada, 'tech talk');
   // Messages in #tech never show in #general: Ada comes back to #general and
   // speaks; when that reaches Bob, the #tech message has not.
@@ -133,18 +138,40 @@ test('rooms: presence, notices, switching, history and creating a room', async (
   await expect(ada.getByTestId('current-room')).toHaveText('#tech');
   await bob.getByRole('button', { name: '#tech' }).click();
   await expect(messages(bob).locator('.msg-text')).toHaveText(['tech talk']);
-  await expect(bob.getByTestId('members').locator('li')).toHaveText(['Ada', 'Bob']);
-  await expect(ada.locator('li.notice').last()).toContainText('Bob joined');
+  await expect(members(bob)).toHaveText(['Ada', 'Bob']);
+  await expect(ada.locator('li.notice').last()).toContainText(notice('Bob', 'joined'));
 
   // A new room, created by joining it.
   await ada.getByTestId('new-room').fill('side-project');
   await ada.getByTestId('new-room').press('Enter');
   await expect(ada.getByTestId('current-room')).toHaveText('#side-project');
   await expect(ada.getByRole('button', { name: '#side-project' })).toBeVisible();
-  await expect(ada.getByTestId('members').locator('li')).toHaveText(['Ada']);
+  await expect(members(ada)).toHaveText(['Ada']);
   await ada.getByTestId('new-room').fill('Not Valid!');
   await ada.getByTestId('new-room').press('Enter');
   await expect(ada.getByRole('alert').first()).toContainText('Room names');
+  for (const c of contexts) await c.close();
+});
+
+test('rooms: two people with one name are told apart by their tags', async ({ browser }) => {
+  const contexts: BrowserContext[] = [await browser.newContext(), await browser.newContext()];
+  const first = await contexts[0].newPage();
+  const second = await contexts[1].newPage();
+  await signIn(first, '/rooms', 'Ada');
+  await signIn(second, '/rooms', 'Ada');
+  await expect(members(first)).toHaveText(['Ada', 'Ada']);
+  const tags = await first.locator('[data-testid=members] .user-tag').allTextContents();
+  expect(tags).toHaveLength(2);
+  expect(tags[0]).toMatch(/^#[0-9a-f]{4}$/);
+  expect(tags[0]).not.toEqual(tags[1]);
+  // Each sees their own tag beside their name, and it is one of the two.
+  const mine = await first.getByTestId('whoami-tag').textContent();
+  const theirs = await second.getByTestId('whoami-tag').textContent();
+  expect(mine).not.toEqual(theirs);
+  expect(tags.sort()).toEqual([mine, theirs].sort());
+  // A message shows its author's tag.
+  await say(second, 'which Ada?');
+  await expect(messages(first).last().locator('.user-tag')).toHaveText(theirs!);
   for (const c of contexts) await c.close();
 });
 

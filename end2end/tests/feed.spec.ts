@@ -1,4 +1,5 @@
-import { test, expect, Page } from '@playwright/test';
+import { test, expect } from './fixtures';
+import { Page } from '@playwright/test';
 import { PulseServer } from './server';
 
 // A fast ticker and a short retry hint keep the tests quick; they still only

@@ -24,6 +24,8 @@ export function freePort(): Promise<number> {
 export class PulseServer {
   private proc?: ChildProcess;
   private log = '';
+  /** `http://127.0.0.1:PORT/metrics` on the separate metrics listener. */
+  private metricsUrl?: string;
 
   private constructor(
     readonly dir: string,
@@ -52,6 +54,7 @@ export class PulseServer {
         PATH: process.env.PATH ?? '',
         RUST_LOG: 'info',
         LEPTOS_SITE_ADDR: `127.0.0.1:${this.port}`,
+        PULSE_METRICS_ADDR: '127.0.0.1:0',
         ...this.env,
       },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -60,6 +63,8 @@ export class PulseServer {
     await new Promise<void>((resolve, reject) => {
       const onData = (chunk: Buffer) => {
         this.log += chunk.toString();
+        const metrics = /metrics on (http:\/\/\S+)/.exec(this.log);
+        if (metrics) this.metricsUrl = metrics[1];
         if (this.log.includes('listening on http://')) resolve();
       };
       proc.stdout!.on('data', onData);
@@ -86,7 +91,8 @@ export class PulseServer {
 
   /** The value of one Prometheus series, e.g. `pulse_open_connections{transport="sse"}`. */
   async metric(series: string): Promise<number> {
-    const text = await (await fetch(`${this.url}/metrics`)).text();
+    if (!this.metricsUrl) throw new Error('the metrics listener is off');
+    const text = await (await fetch(this.metricsUrl)).text();
     const line = text.split('\n').find((l) => l.startsWith(series + ' '));
     return line ? Number(line.slice(series.length + 1)) : NaN;
   }
