@@ -38,28 +38,8 @@ async fn sign_in_as(http: &reqwest::Client, server: &Server, name: &str) -> reqw
 }
 
 async fn guest(server: &Server, name: &str) -> Guest {
-    let res = sign_in_as(&reqwest::Client::new(), server, name).await;
-    assert_eq!(res.status(), 200, "sign-in as {name:?}");
-    let cookie = res.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let session = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    let (cookie, session) = ws::sign_in(server, name).await;
     Guest { cookie, session }
-}
-
-/// A chat connection with a session cookie.
-async fn connect_cookie(server: &Server, cookie: &str) -> Client {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = ws_url(server).into_client_request().unwrap();
-    req.headers_mut().insert("cookie", cookie.parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("upgrade");
-    Client { ws }
 }
 
 #[tokio::test]
@@ -70,8 +50,8 @@ async fn one_name_two_people_two_ids_and_independent_limits() {
     let (id1, id2) = (&first.session["user_id"], &second.session["user_id"]);
     assert_ne!(id1, id2, "a sign-in mints a new id");
 
-    let mut a1 = connect_cookie(&server, &first.cookie).await;
-    let mut a2 = connect_cookie(&server, &second.cookie).await;
+    let mut a1 = Client::connect_cookie(&server, &first.cookie).await;
+    let mut a2 = Client::connect_cookie(&server, &second.cookie).await;
     a1.join("tech").await;
     let joined = a2.join("tech").await;
     // Two members of the same name, told apart by id.
@@ -308,9 +288,9 @@ async fn sign_out_revokes_the_session_and_closes_its_sockets() {
     let server = ws::start(&[]).await;
     let g = guest(&server, "Ada").await;
     let other = guest(&server, "Bob").await;
-    let mut socket = connect_cookie(&server, &g.cookie).await;
+    let mut socket = Client::connect_cookie(&server, &g.cookie).await;
     socket.join("general").await;
-    let mut bystander = connect_cookie(&server, &other.cookie).await;
+    let mut bystander = Client::connect_cookie(&server, &other.cookie).await;
     bystander.join("general").await;
 
     let http = reqwest::Client::new();

@@ -252,42 +252,8 @@ async fn sigterm_drains_an_instance_and_metrics_count_what_happened() {
     }
     while feed.next().await.is_some() {}
     let mut a = a;
-    let status = tokio::time::timeout(support::WAIT, a.child.wait())
-        .await
-        .expect("exits within the timeout")
-        .unwrap();
-    assert!(status.success());
+    a.exited_cleanly().await;
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
-}
-
-/// Signs in on `server` as `name` from the site's own page; the cookie.
-async fn sign_in(server: &Server, name: &str) -> String {
-    let res = reqwest::Client::new()
-        .post(format!("{}/api/sign_in", server.url))
-        .header("origin", &server.url)
-        .form(&[("name", name)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    res.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-/// A chat connection with a session cookie.
-async fn connect_cookie(server: &Server, cookie: &str) -> Client {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = ws::ws_url(server).into_client_request().unwrap();
-    req.headers_mut().insert("cookie", cookie.parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("upgrade");
-    Client { ws }
 }
 
 #[tokio::test]
@@ -297,8 +263,8 @@ async fn signing_out_on_one_instance_closes_the_sessions_sockets_on_every_instan
     let b = instance(&redis).await;
     a.wait_ready(200).await;
     b.wait_ready(200).await;
-    let cookie = sign_in(&a, "Ada").await;
-    let mut on_b = connect_cookie(&b, &cookie).await;
+    let (cookie, _) = ws::sign_in(&a, "Ada").await;
+    let mut on_b = Client::connect_cookie(&b, &cookie).await;
     on_b.join("general").await;
 
     let res = reqwest::Client::new()
@@ -328,7 +294,7 @@ async fn every_key_pulse_writes_to_redis_expires() {
     ada.join("ttl-room").await;
     ada.say("ttl-room", "kept a while").await;
     ada.recv_type("message").await;
-    let cookie = sign_in(&a, "Bob").await;
+    let (cookie, _) = ws::sign_in(&a, "Bob").await;
     reqwest::Client::new()
         .post(format!("{}/api/sign_out", a.url))
         .header("origin", &a.url)

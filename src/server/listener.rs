@@ -53,8 +53,12 @@ use crate::server::admission::{address_key, refusal, KeyedCounter, Slot};
 use crate::server::forwarded::{Client, TrustedProxies};
 use crate::server::metrics;
 
-/// Largest request head (and read buffer) a connection may use. A browser's
-/// head is 1-2 KiB; this leaves room for many cookies.
+/// Largest request head: a browser's is 1-2 KiB; this leaves room for many
+/// cookies. A larger one is answered 431.
+const MAX_HEAD: usize = 32 * 1024;
+
+/// Largest read buffer a connection may grow (request bodies are read
+/// through it).
 const MAX_BUF: usize = 64 * 1024;
 
 /// Connections over a limit that may be waiting for their refusal at once;
@@ -290,6 +294,7 @@ impl Handler {
         let conn = http1::Builder::new()
             // The watchdog below times heads; see the module doc.
             .header_read_timeout(None)
+            .max_header_size(MAX_HEAD)
             .max_buf_size(MAX_BUF)
             .serve_connection(io, service)
             .with_upgrades();

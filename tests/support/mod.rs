@@ -256,6 +256,16 @@ impl Server {
         }
     }
 
+    /// Waits for the process to exit (after a signal) and asserts it exited
+    /// cleanly.
+    pub async fn exited_cleanly(&mut self) {
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("pulse exited")
+            .expect("exit status");
+        assert!(status.success(), "clean exit: {status}");
+    }
+
     /// Waits until the server logs a line containing `needle`; returns it.
     pub async fn wait_log(&mut self, needle: &str) -> String {
         tokio::time::timeout(WAIT, async {

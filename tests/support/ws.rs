@@ -67,6 +67,28 @@ pub fn names(members: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Signs in as `name` through the sign-in form of the site's own page; the
+/// session cookie (`pulse_session=…`) and the `Session` the server answered.
+pub async fn sign_in(server: &Server, name: &str) -> (String, Value) {
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/sign_in", server.url))
+        .header("origin", &server.url)
+        .form(&[("name", name)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "sign-in as {name:?}");
+    let cookie = res.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let session = serde_json::from_str(&res.text().await.unwrap()).unwrap();
+    (cookie, session)
+}
+
 /// `ws://` URL of the server's chat endpoint.
 pub fn ws_url(server: &Server) -> String {
     format!("{}/ws", server.url.replacen("http://", "ws://", 1))
@@ -106,6 +128,16 @@ impl Client {
         let mut req = ws_url(server).into_client_request().unwrap();
         req.headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("upgrade");
+        Client { ws }
+    }
+
+    /// Connects with a session cookie (`pulse_session=…`), as a browser does.
+    pub async fn connect_cookie(server: &Server, cookie: &str) -> Client {
+        let mut req = ws_url(server).into_client_request().unwrap();
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
         let (ws, _) = tokio_tungstenite::connect_async(req)
             .await
             .expect("upgrade");

@@ -29,7 +29,7 @@ use crate::protocol::{
     MAX_FRAME_BYTES, MAX_ROOMS_PER_CONNECTION,
 };
 use crate::server::admission::Slot;
-use crate::server::auth::{now_secs, Claims};
+use crate::server::auth::now_secs;
 use crate::server::listener::Admission;
 use crate::server::metrics::{self, Transport};
 use crate::server::text;
@@ -67,34 +67,28 @@ pub fn run(
     socket: WebSocket,
     chat: Arc<Chat>,
     id: ConnId,
-    claims: Claims,
+    user: User,
+    sid: &str,
+    expires_at: u64,
     places: Places,
 ) -> impl Future<Output = ()> + Send {
-    let span = tracing::info_span!(
-        "ws",
-        conn = id,
-        user = %claims.sub,
-        display_name = %claims.name
-    );
+    let span = tracing::info_span!("ws", conn = id, user = %user.id);
     let entered = span.enter();
     metrics::connection_opened(Transport::Ws);
-    tracing::debug!("connected");
+    tracing::debug!(name = %user.name, "connected");
     let (sink, stream) = socket.split();
     let (outbox, queue) = Outbox::new(chat.queue_bytes);
     let writer = tokio::spawn(write_loop(sink, queue).in_current_span());
-    let signed_out = chat.track_session(&claims.sid, id);
+    let (session, signed_out) = chat.track_session(sid);
     let reader = Reader {
         _open: chat.sockets.token(),
         _places: places,
         chat,
         id,
-        user: User {
-            id: Arc::from(claims.sub),
-            name: Arc::from(claims.name),
-        },
-        session: claims.sid,
+        user,
+        session,
         signed_out,
-        expires_at: claims.exp,
+        expires_at,
         stream,
         outbox,
         writer,
@@ -136,8 +130,8 @@ struct Reader {
     id: ConnId,
     /// The authenticated user (the token's `sub` and `name`).
     user: User,
-    /// Its sign-in session (the token's `sid`).
-    session: String,
+    /// Its sign-in session (the token's `sid`), shared with its other sockets.
+    session: Arc<str>,
     /// Cancelled when that session is signed out.
     signed_out: CancellationToken,
     /// When the token expires (Unix seconds): the connection closes then.
@@ -216,7 +210,7 @@ async fn serve(reader: Reader) {
     };
 
     chat.hub.disconnect(id, &joined);
-    chat.untrack_session(&session, id);
+    chat.untrack_session(&session);
     let slow = outbox.too_slow().is_cancelled();
     if let End::Close(code, reason) = end {
         tracing::debug!(code, reason, "closing");

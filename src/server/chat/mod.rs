@@ -31,7 +31,7 @@ use crate::server::broker::Broker;
 use crate::server::config::AppSettings;
 use crate::server::listener::Admitted;
 use crate::server::metrics;
-use hub::{ConnId, Hub};
+use hub::{Hub, User};
 
 /// How many bytes of frames a connection's writer gathers before it must
 /// write (it also writes whenever its queue runs dry).
@@ -49,9 +49,10 @@ pub struct Chat {
     messages: DefaultKeyedRateLimiter<Arc<str>>,
     /// Joins and leaves per user (id) per minute (each one notifies a whole room).
     room_changes: DefaultKeyedRateLimiter<Arc<str>>,
-    /// The open sockets of each sign-in session, to close them when it is
-    /// signed out: session id → connection → its signal.
-    sessions: Mutex<HashMap<String, HashMap<ConnId, CancellationToken>>>,
+    /// The sign-in sessions with open sockets here, to close those sockets
+    /// when the session is signed out. One signal per session, shared by
+    /// its sockets.
+    sessions: Mutex<HashMap<Arc<str>, OpenSession>>,
     /// Open sockets per user.
     sockets_per_user: Arc<KeyedCounter<Arc<str>>>,
     /// Origins allowed to connect; empty means the site's own.
@@ -168,42 +169,6 @@ impl Chat {
         self.close_session(sid);
     }
 
-    /// Closes this instance's sockets of session `sid`.
-    pub fn close_session(&self, sid: &str) {
-        if let Some(conns) = self.sessions().remove(sid) {
-            for signal in conns.into_values() {
-                signal.cancel();
-            }
-        }
-    }
-
-    fn sessions(&self) -> MutexGuard<'_, HashMap<String, HashMap<ConnId, CancellationToken>>> {
-        // Each update is one complete insert or remove.
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Registers connection `id` of session `sid`; the token is cancelled when
-    /// the session is signed out.
-    fn track_session(&self, sid: &str, id: ConnId) -> CancellationToken {
-        let signal = CancellationToken::new();
-        self.sessions()
-            .entry(sid.to_string())
-            .or_default()
-            .insert(id, signal.clone());
-        signal
-    }
-
-    /// Forgets connection `id` of session `sid` (it closed).
-    fn untrack_session(&self, sid: &str, id: ConnId) {
-        let mut sessions = self.sessions();
-        if let Some(conns) = sessions.get_mut(sid) {
-            conns.remove(&id);
-            if conns.is_empty() {
-                sessions.remove(sid);
-            }
-        }
-    }
-
     /// Whether a browser page from `origin` may open a socket on `host`.
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
         let origin = origin.trim_end_matches('/');
@@ -217,6 +182,61 @@ impl Chat {
             self.allowed_origins.iter().any(|o| o == origin)
         }
     }
+
+    /// Closes this instance's sockets of session `sid`.
+    pub fn close_session(&self, sid: &str) {
+        if let Some(open) = self.sessions().remove(sid) {
+            open.signed_out.cancel();
+        }
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, OpenSession>> {
+        // Each update is one complete insert or remove.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a socket of session `sid`; its signal is cancelled when the
+    /// session is signed out. Returns the session's shared key and signal.
+    fn track_session(&self, sid: &str) -> (Arc<str>, CancellationToken) {
+        let mut sessions = self.sessions();
+        if let Some((key, open)) = sessions.get_key_value(sid) {
+            let shared = (key.clone(), open.signed_out.clone());
+            if let Some(open) = sessions.get_mut(sid) {
+                open.sockets += 1;
+            }
+            return shared;
+        }
+        let key: Arc<str> = Arc::from(sid);
+        let signed_out = CancellationToken::new();
+        sessions.insert(
+            key.clone(),
+            OpenSession {
+                signed_out: signed_out.clone(),
+                sockets: 1,
+            },
+        );
+        (key, signed_out)
+    }
+
+    /// Forgets a socket of session `sid` (it closed), and the session with
+    /// its last socket.
+    fn untrack_session(&self, sid: &str) {
+        let mut sessions = self.sessions();
+        if let Some(open) = sessions.get_mut(sid) {
+            open.sockets -= 1;
+            if open.sockets == 0 {
+                sessions.remove(sid);
+            }
+        }
+    }
+}
+
+/// A sign-in session with sockets open on this instance.
+struct OpenSession {
+    /// Cancelled when the session is signed out: its sockets close.
+    signed_out: CancellationToken,
+    /// How many sockets it has here.
+    sockets: usize,
 }
 
 /// `GET /ws`: 403 for a foreign origin, 401 without a valid token, 429 for a
@@ -266,10 +286,11 @@ pub async fn upgrade(
             return rejection;
         }
     };
-    let Some(user_slot) = chat
-        .sockets_per_user
-        .try_acquire(Arc::from(claims.sub.as_str()))
-    else {
+    let user = User {
+        id: Arc::from(claims.sub),
+        name: Arc::from(claims.name),
+    };
+    let Some(user_slot) = chat.sockets_per_user.try_acquire(user.id.clone()) else {
         metrics::refused("per_user");
         metrics::upgrade_rejected("per_user");
         return refusal(
@@ -295,7 +316,9 @@ pub async fn upgrade(
         .max_frame_size(MAX_FRAME_BYTES)
         .read_buffer_size(1024)
         .write_buffer_size(WRITE_BATCH_BYTES)
-        .on_upgrade(move |socket| connection::run(socket, chat, id, claims, places))
+        .on_upgrade(move |socket| {
+            connection::run(socket, chat, id, user, &claims.sid, claims.exp, places)
+        })
 }
 
 /// The upgrade, or the response that says why the request is not one; taken
