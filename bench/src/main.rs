@@ -85,10 +85,12 @@ impl Server {
             .env("PULSE_JWT_SECRET", SECRET)
             .env("PULSE_RATE_LIMIT_PER_MIN", "100000000")
             // Every client of a load test comes from one address, and the
-            // scenarios share a token per role: lift the per-address and
-            // per-user caps (the server-wide one stays).
+            // scenarios share a token per role (one user creates all the
+            // idle scenario's rooms): lift the per-address and per-user caps
+            // (the server-wide one stays).
             .env("PULSE_MAX_CONNECTIONS_PER_IP", "1000000")
             .env("PULSE_MAX_SOCKETS_PER_USER", "1000000")
+            .env("PULSE_ROOMS_PER_USER", "1000000")
             .env("PULSE_METRICS_ADDR", "off")
             .env("RUST_LOG", "warn,pulse=info")
             .stdout(Stdio::piped())
