@@ -30,6 +30,15 @@ pub struct SessionInfo {
     pub suggested_name: String,
 }
 
+/// What to tell the user about a failed server function: the server's own
+/// sentence when it gave one (a bad name, a limit), else what went wrong.
+pub fn error_message(e: &ServerFnError) -> String {
+    match e {
+        ServerFnError::ServerError(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The session of the current request, and a name to suggest.
 #[server(endpoint = "session")]
 pub async fn current_session() -> Result<SessionInfo, ServerFnError> {

@@ -175,6 +175,18 @@ test('rooms: two people with one name are told apart by their tags', async ({ br
   for (const c of contexts) await c.close();
 });
 
+test('sign-in: a name with invisible characters is refused with the reason', async ({ page }) => {
+  await page.goto(server.url + '/chat');
+  const field = page.getByTestId('sign-in-name');
+  await expect(field).toHaveValue(/^User\d{3}$/);
+  await field.fill('Ad\u200Ba');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page.locator('form.sign-in [role=alert]')).toHaveText(
+    /^a name may not contain invisible or control characters/,
+  );
+  await expect(page.getByTestId('whoami')).toHaveCount(0);
+});
+
 test('chat pages work at 360 px wide', async ({ page }) => {
   await page.setViewportSize({ width: 360, height: 740 });
   await signIn(page, '/rooms');

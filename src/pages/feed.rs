@@ -282,7 +282,7 @@ fn PublishForm() -> impl IntoView {
         }
     });
     let error = move || match action.value().get() {
-        Some(Err(e)) => Some(e.to_string()),
+        Some(Err(e)) => Some(crate::session::error_message(&e)),
         _ => None,
     };
     view! {

@@ -742,6 +742,32 @@ mod tests {
     }
 
     #[test]
+    fn a_room_only_its_creator_joined_goes_sooner() {
+        let hub = Hub::new(100, Duration::from_secs(300), 20, Broker::local());
+        let (ada, bob) = (user("a", "Ada"), user("b", "Bob"));
+        let (o, _q) = Outbox::new(usize::MAX);
+        hub.join(1, &ada, &o, "lonely", None).unwrap();
+        hub.join(1, &ada, &o, "visited", None).unwrap();
+        hub.join(2, &bob, &o, "visited", None).unwrap();
+        hub.disconnect(1, &["lonely".to_string(), "visited".to_string()]);
+        hub.disconnect(2, &["visited".to_string()]);
+        // Both emptied a bit over a minute ago.
+        let then = Instant::now() - LONELY_ROOM_IDLE - Duration::from_secs(1);
+        for r in hub.rooms().by_name.values_mut() {
+            if r.empty_since.is_some() {
+                r.empty_since = Some(then);
+            }
+        }
+        assert_eq!(hub.sweep(), 1);
+        let rooms = hub.rooms();
+        assert!(!rooms.by_name.contains_key("lonely"));
+        assert!(
+            rooms.by_name.contains_key("visited"),
+            "kept for PULSE_ROOM_IDLE_S"
+        );
+    }
+
+    #[test]
     fn a_full_queue_marks_the_member_too_slow_without_blocking() {
         let hub = hub(Duration::from_secs(60));
         let u = user("u", "u");
