@@ -12,19 +12,24 @@
 //!   WebSocket is browser-only).
 //! - [`session`]: the sign-in server functions; [`time`], [`backoff`]: small
 //!   rules the pages share.
-//! - `server` (feature `ssr`): everything that only runs on the server:
+//! - `server` (feature `ssr`): everything that only runs on the server, and
+//!   `server::run`, which builds every service and runs them on one task
+//!   tracker until shutdown:
 //!   - `server::config`: settings from the embedded `Leptos.toml`, `LEPTOS_*`/`PULSE_*` env and flags;
+//!   - `server::listener`: the accept loop (connection caps, EMFILE backoff)
+//!     and one hyper connection per socket (head and idle timeouts);
+//!   - `server::admission`, `server::forwarded`: per-address and per-user
+//!     counts; who the client is behind a trusted proxy;
+//!   - `server::http`: the routers (app, metrics);
+//!   - `server::security`: security headers, the page CSP, the cross-site check;
 //!   - `server::feed`: the one ticker, the bounded backlog and the SSE endpoint;
-//!   - `server::auth`: JWTs and the session cookie;
+//!   - `server::auth`, `server::text`: JWTs and sessions; the rules for names and text;
 //!   - `server::chat`: `GET /ws`, one task pair per socket, the rooms hub;
 //!   - `server::broker`: the Redis bus between instances;
 //!   - `server::notify`, `server::stats`: notifications, the dashboard stream;
 //!   - `server::assets`: the site (WASM, JS, CSS, public/) embedded into the binary;
 //!   - `server::metrics`: Prometheus figures;
-//!   - `server::shutdown`: the signal that ends streams and the server;
-//!   - `server::http`: the router that ties them together and `serve`;
-//!   - `server::listener`: the accept loop, which serves feed streams straight
-//!     on their sockets and hands every other connection to axum.
+//!   - `server::shutdown`: the signal that ends streams and the server.
 //! - `main.rs`: the server binary's entry (command line, logging, start).
 //! - [`hydrate`] below: the client's entry point.
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use pulse::server::auth::{self, Auth};
 use pulse::server::config::{Cli, Command, LogFormat, Settings};
-use pulse::server::{http, metrics, shutdown, text};
+use pulse::server::{metrics, shutdown, text};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -144,7 +144,7 @@ async fn run(mut settings: Settings) -> ExitCode {
     let timeout = settings.app.shutdown_timeout();
     let token = CancellationToken::new();
     tokio::spawn(shutdown::cancel_on_signal(token.clone()));
-    let mut server = tokio::spawn(http::serve(public, metrics, settings, token.clone()));
+    let mut server = tokio::spawn(pulse::server::run(public, metrics, settings, token.clone()));
 
     let finished = tokio::select! {
         finished = &mut server => finished,

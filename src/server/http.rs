@@ -1,9 +1,8 @@
-//! The router: the app's pages and server functions (leptos_axum), the SSE
-//! feed, operations endpoints and the embedded assets; the separate metrics
-//! router; and [`serve`], which runs both until shutdown.
+//! The routers: the app's pages and server functions (leptos_axum), the SSE
+//! feed, operations endpoints and the embedded assets; and the separate
+//! metrics router. Only routing: `server::run` builds what they serve.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRef, Request, State};
@@ -15,19 +14,12 @@ use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::app::{shell, App};
-use crate::protocol::{Member, FEED_PATH, NOTIFICATIONS_PATH, STATS_PATH, WS_PATH};
-use crate::server::auth::Auth;
-use crate::server::broker::{Broker, BusEvent, Sink};
+use crate::protocol::{FEED_PATH, NOTIFICATIONS_PATH, STATS_PATH, WS_PATH};
 use crate::server::chat::{self, Chat};
-use crate::server::config::Settings;
 use crate::server::feed::{self, Feed, FeedState};
-use crate::server::forwarded::TrustedProxies;
-use crate::server::listener::{Limits, Listener};
 use crate::server::notify::{self, Notifier};
 use crate::server::stats::{self, StatsState};
 use crate::server::{assets, metrics, security};
@@ -144,31 +136,6 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Delivers what other instances publish into this one.
-struct BusSink {
-    chat: Arc<Chat>,
-    feed: Arc<Feed>,
-}
-
-impl Sink for BusSink {
-    fn deliver(&self, event: BusEvent) {
-        match event {
-            BusEvent::Room { room, msg } => self.chat.hub.deliver_remote(&room, &msg),
-            BusEvent::Feed { event, id } => {
-                self.feed.publish_remote(event, id);
-            }
-            BusEvent::Revoked { sid, exp } => {
-                self.chat.auth.revoke(&sid, exp);
-                self.chat.close_session(&sid);
-            }
-        }
-    }
-
-    fn local_presence(&self) -> Vec<(String, Member)> {
-        self.chat.hub.local_presence()
-    }
-}
-
 /// What `/metrics` reads.
 #[derive(Clone)]
 struct MetricsState {
@@ -180,7 +147,7 @@ struct MetricsState {
 
 /// The metrics router, served on its own address (`PULSE_METRICS_ADDR`),
 /// never on the public port.
-fn metrics_router(handle: PrometheusHandle, feed: Arc<Feed>) -> Router {
+pub fn metrics_router(handle: PrometheusHandle, feed: Arc<Feed>) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .with_state(MetricsState { handle, feed })
@@ -195,128 +162,4 @@ async fn render_metrics(State(state): State<MetricsState>) -> Response {
         state.handle.render(),
     )
         .into_response()
-}
-
-/// Connections the metrics listener serves at once (scrapers and operators).
-const METRICS_CONNECTIONS: usize = 64;
-
-/// Period of the chat upkeep (idle rooms, rate-limit state).
-const UPKEEP_PERIOD: Duration = Duration::from_secs(10);
-
-/// Runs the app on `public` (and `/metrics` on `metrics`, if given) until
-/// `shutdown` is cancelled and every connection has finished: idle ones are
-/// closed at once, open streams and sockets end on their own at shutdown.
-pub async fn serve(
-    public: TcpListener,
-    metrics: Option<(TcpListener, PrometheusHandle)>,
-    settings: Settings,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = &settings.app;
-    let feed = Arc::new(Feed::new(
-        app.feed_backlog,
-        Duration::from_millis(app.sse_retry_ms),
-    ));
-    let ticker = tokio::spawn(feed::run_ticker(
-        feed.clone(),
-        app.feed_interval(),
-        app.sse_keep_alive(),
-        shutdown.clone(),
-    ));
-    let secret = match &settings.jwt_secret {
-        Some(secret) => secret.as_bytes().to_vec(),
-        None => {
-            tracing::warn!(
-                "PULSE_JWT_SECRET is not set: using a random secret, so sessions and tokens \
-                 will not survive a restart or work across instances"
-            );
-            Auth::random_secret()
-        }
-    };
-    let auth = Arc::new(Auth::new(
-        &secret,
-        app.session_ttl(),
-        app.max_token_ttl(),
-        app.signin_per_min,
-    ));
-    let (broker, broker_tasks) = match &settings.redis_url {
-        Some(url) => {
-            let (broker, tasks) = Broker::redis(url, app.presence_ttl(), app.history_ttl())
-                .map_err(std::io::Error::other)?;
-            (broker, Some(tasks))
-        }
-        None => (Broker::local(), None),
-    };
-    // Every connection task, and every upgraded WebSocket (which is no
-    // longer hyper's once upgraded): waited for at shutdown, so close frames
-    // and the last chunks go out.
-    let connections = TaskTracker::new();
-    let chat = Arc::new(Chat::new(
-        app,
-        auth,
-        broker.clone(),
-        shutdown.clone(),
-        connections.clone(),
-    ));
-    let bus = broker_tasks.map(|tasks| {
-        let sink = Arc::new(BusSink {
-            chat: chat.clone(),
-            feed: feed.clone(),
-        });
-        tokio::spawn(tasks.run(sink, shutdown.clone()))
-    });
-    let upkeep = tokio::spawn(
-        chat.clone()
-            .run_upkeep(UPKEEP_PERIOD.min(app.room_idle().max(Duration::from_secs(1)))),
-    );
-    let notifier = Arc::new(Notifier {
-        feed: feed.clone(),
-        chat: chat.clone(),
-    });
-    let (stats_tx, stats_rx) = stats::channel(&broker);
-    let sampler = tokio::spawn(stats::run_sampler(stats_tx, broker, shutdown.clone()));
-    let limits = Limits {
-        max_connections: app.max_connections,
-        max_per_ip: app.max_connections_per_ip,
-        header_timeout: app.header_timeout(),
-        idle_timeout: app.idle_timeout(),
-        proxies: TrustedProxies::parse(&app.trusted_proxies).map_err(std::io::Error::other)?,
-    };
-    if let Some((tcp, handle)) = metrics {
-        let limits = Limits {
-            max_connections: METRICS_CONNECTIONS,
-            max_per_ip: METRICS_CONNECTIONS,
-            proxies: TrustedProxies::default(),
-            ..limits.clone()
-        };
-        let router = metrics_router(handle, feed.clone());
-        let listener = Listener::new(tcp, router, limits, shutdown.clone(), connections.clone());
-        connections.spawn(listener.run());
-    }
-    let state = AppState {
-        leptos_options: settings.leptos.clone(),
-        feed,
-        chat,
-        notifier,
-        stats: stats_rx,
-        shutdown: shutdown.clone(),
-    };
-    let listener = Listener::new(
-        public,
-        router(state),
-        limits,
-        shutdown.clone(),
-        connections.clone(),
-    );
-    connections.spawn(listener.run());
-    shutdown.cancelled().await;
-    connections.close();
-    connections.wait().await;
-    let _ = ticker.await;
-    let _ = upkeep.await;
-    let _ = sampler.await;
-    if let Some(bus) = bus {
-        let _ = bus.await;
-    }
-    Ok(())
 }
