@@ -46,26 +46,22 @@ async fn updates_come_at_the_configured_interval() {
     let server = Server::start(&[("PULSE_FEED_INTERVAL_MS", "200")]).await;
     let mut sse = Sse::open(&server.url, None).await;
     sse.next_update().await;
-    let start = Instant::now();
     let mut stamps = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..7 {
         let u = sse.next_update().await;
         stamps.push(u.data.unwrap()["timestamp"].as_u64().unwrap());
     }
-    // Five intervals after the first update, by the client's clock and the
-    // server's timestamps, within a tolerance for scheduling.
-    let elapsed = start.elapsed();
+    // By the server's own timestamps (a busy test machine delays the client,
+    // not them): never faster than configured, even after a stall (no
+    // catch-up bursts), and typically at the configured pace.
+    let mut gaps: Vec<u64> = stamps.windows(2).map(|p| p[1] - p[0]).collect();
     assert!(
-        elapsed >= Duration::from_millis(800) && elapsed <= Duration::from_millis(1500),
-        "5 updates took {elapsed:?}"
+        gaps.iter().all(|&gap| gap >= 190),
+        "updates closer than 200 ms: {gaps:?}"
     );
-    for pair in stamps.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            (150..=300).contains(&gap),
-            "server timestamps {gap} ms apart"
-        );
-    }
+    gaps.sort_unstable();
+    let median = gaps[gaps.len() / 2];
+    assert!(median <= 400, "median gap {median} ms: {gaps:?}");
 }
 
 #[tokio::test]

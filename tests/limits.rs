@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use support::ws::{self, token, upgrade_status};
-use support::{Server, WAIT};
+use support::{eventually, Server, WAIT};
 
 /// The server's public address.
 fn addr(server: &Server) -> SocketAddr {
@@ -229,15 +229,12 @@ async fn the_server_wide_cap_answers_503_with_retry_after() {
         .await;
     // A place given back is a place for the next client.
     held.pop();
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually("the freed place to be reused", async || {
         let mut tcp = connect_from(&server, "127.0.0.2").await;
-        if status(&request(&mut tcp, "GET /healthz HTTP/1.1\r\nHost: p\r\n").await) == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the freed place was not reused");
-        tokio::task::yield_now().await;
-    }
+        let head = request(&mut tcp, "GET /healthz HTTP/1.1\r\nHost: p\r\n").await;
+        (status(&head) == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -283,11 +280,12 @@ async fn the_per_user_socket_cap_answers_429_at_the_upgrade() {
     );
     // A closed socket gives its place back.
     drop(_a);
-    let deadline = Instant::now() + WAIT;
-    while upgrade_status(&url, &[("authorization", &bearer("Ada"))]).await != 101 {
-        assert!(Instant::now() < deadline, "the place was not given back");
-        tokio::task::yield_now().await;
-    }
+    let ada = [("authorization", bearer("Ada"))];
+    eventually("the closed socket's place to be given back", async || {
+        let headers: Vec<(&str, &str)> = ada.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        (upgrade_status(&url, &headers).await == 101).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -362,13 +360,10 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
     server.wait_log("accept failed").await;
     drop(flood);
     // Once the flood is gone, the server accepts and serves again.
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually("the server to accept and serve again", async || {
         let mut tcp = connect_from(&server, "127.0.0.1").await;
         let head = try_request(&mut tcp, "GET /healthz HTTP/1.1\r\nHost: p\r\n").await;
-        if head.is_some_and(|h| status(&h) == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the server stopped accepting");
-    }
+        head.filter(|h| status(h) == 200).map(drop)
+    })
+    .await;
 }

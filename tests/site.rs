@@ -81,23 +81,49 @@ async fn assets_are_embedded_precompressed_and_revalidated() {
 }
 
 #[test]
-fn help_lists_every_setting() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    let help = String::from_utf8(out.stdout).unwrap();
-    for var in [
-        "PULSE_FEED_INTERVAL_MS",
-        "PULSE_FEED_BACKLOG",
-        "PULSE_SSE_RETRY_MS",
-        "PULSE_SSE_KEEP_ALIVE_S",
-        "PULSE_SHUTDOWN_TIMEOUT_S",
-        "PULSE_LOG_FORMAT",
-        "LEPTOS_SITE_ADDR",
-    ] {
-        assert!(help.contains(var), "--help mentions {var}");
+fn every_setting_is_in_help_config_and_the_readme() {
+    let pulse = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse"))
+            .args(args)
+            .env(
+                "PULSE_JWT_SECRET",
+                "a secret nobody may see in pulse config",
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pulse {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let help = pulse(&["--help"]);
+    let config = pulse(&["config"]);
+    let readme = include_str!("../README.md");
+    // Every key of Leptos.toml's [pulse] table, which holds every default.
+    let file: toml::Table = toml::from_str(include_str!("../Leptos.toml")).unwrap();
+    let keys: Vec<&String> = file["pulse"].as_table().unwrap().keys().collect();
+    assert!(keys.len() >= 25, "{keys:?}");
+    for key in keys {
+        let var = format!("PULSE_{}", key.to_uppercase().replace('-', "_"));
+        assert!(help.contains(&var), "--help mentions {var}");
+        assert!(
+            readme.contains(&format!("| `{var}` |")),
+            "the README's table has {var}"
+        );
+        assert!(
+            config.contains(&format!("{key} = ")),
+            "pulse config prints {key}"
+        );
     }
+    for var in ["PULSE_JWT_SECRET", "PULSE_REDIS_URL", "LEPTOS_SITE_ADDR"] {
+        assert!(help.contains(var), "--help mentions {var}");
+        assert!(
+            readme.contains(&format!("| `{var}` |")),
+            "the README's table has {var}"
+        );
+    }
+    assert!(
+        !config.contains("nobody may see"),
+        "pulse config never prints the secret"
+    );
 }
 
 #[test]

@@ -13,6 +13,26 @@ use tokio::sync::mpsc;
 /// Generous bound for waiting on a condition; tests never sleep for a fixed time.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// How often [`eventually`] looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Asks `check` until it answers `Some` (and returns that), for at most
+/// [`WAIT`]; then fails, saying `what` was awaited. Every wait for a condition
+/// in the tests goes through here.
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// A running `pulse` process.
 pub struct Server {
     /// The process; killed on drop.
@@ -67,11 +87,11 @@ impl Server {
         let (url, metrics_url) = tokio::time::timeout(WAIT, async {
             let mut metrics_url = None;
             while let Some(line) = logs.recv().await {
-                if let Some(rest) = line.split("metrics on ").nth(1) {
-                    metrics_url = Some(rest.trim().to_string());
+                if let Some(url) = url_after(&line, "metrics on ") {
+                    metrics_url = Some(url);
                 }
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    return (rest.trim().to_string(), metrics_url);
+                if let Some(url) = url_after(&line, "listening on ") {
+                    return (url, metrics_url);
                 }
             }
             panic!("pulse exited before listening");
@@ -122,19 +142,21 @@ impl Server {
 
     /// Waits until `series` reads `value`.
     pub async fn wait_metric(&self, series: &str, value: f64) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let now = self.metric(series).await;
-            if now == value {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{series} stayed at {now}, expected {value}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("{series} to read {value}");
+        eventually(&what, async || {
+            (self.metric(series).await == value).then_some(())
+        })
+        .await
     }
+}
+
+/// The URL that follows `label` in a log line, plain text or JSON.
+fn url_after(line: &str, label: &str) -> Option<String> {
+    let rest = line.split(label).nth(1)?;
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"')
+        .unwrap_or(rest.len());
+    Some(rest[..end].to_string())
 }
 
 /// One SSE frame, as a client sees it.
@@ -239,21 +261,12 @@ pub mod nginx;
 impl Server {
     /// Waits until `/readyz` answers `status`.
     pub async fn wait_ready(&self, status: u16) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let now = match reqwest::get(format!("{}/readyz", self.url)).await {
-                Ok(res) => res.status().as_u16(),
-                Err(_) => 0,
-            };
-            if now == status {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "/readyz stayed {now}, expected {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let url = format!("{}/readyz", self.url);
+        eventually(&format!("/readyz to answer {status}"), async || {
+            let now = reqwest::get(&url).await.ok()?.status().as_u16();
+            (now == status).then_some(())
+        })
+        .await
     }
 
     /// Waits for the process to exit (after a signal) and asserts it exited

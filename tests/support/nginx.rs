@@ -3,12 +3,11 @@
 //! setup is what the tests run.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use super::WAIT;
+use super::eventually;
 
 /// A running nginx; stopped on drop.
 pub struct Nginx {
@@ -92,14 +91,10 @@ impl Nginx {
             .kill_on_drop(true)
             .spawn()
             .expect("nginx (apt-get install nginx-light)");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while TcpStream::connect(&addr).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nginx did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("nginx to listen", async || {
+            TcpStream::connect(&addr).await.ok().map(drop)
+        })
+        .await;
         Nginx {
             addr,
             _child: child,

@@ -1,13 +1,12 @@
 //! A real `redis-server` (Debian's) on a free port, for scale-out tests.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use super::WAIT;
+use super::eventually;
 
 /// A running (or stopped) redis-server on a fixed port.
 pub struct Redis {
@@ -51,17 +50,10 @@ impl Redis {
             .spawn()
             .expect("redis-server (apt-get install redis-server)");
         self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if self.ping().await {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("redis-server to answer PING", async || {
+            self.ping().await.then_some(())
+        })
+        .await;
     }
 
     async fn ping(&self) -> bool {
