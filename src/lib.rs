@@ -24,6 +24,7 @@
 //!   - `server::security`: security headers, the page CSP, the cross-site check;
 //!   - `server::feed`: the one ticker, the bounded backlog and the SSE endpoint;
 //!   - `server::auth`, `server::text`: JWTs and sessions; the rules for names and text;
+//!   - `server::clock`: wall-clock stamps;
 //!   - `server::chat`: `GET /ws`, one task pair per socket, the rooms hub;
 //!   - `server::broker`: the Redis bus between instances;
 //!   - `server::notify`, `server::stats`: notifications, the dashboard stream;

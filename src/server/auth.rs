@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::{header, HeaderMap};
 use cookie::{Cookie, SameSite};
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{SESSION_COOKIE, TOKEN_PARAM};
 use crate::server::admission::address_key;
+use crate::server::clock::now_secs;
 use crate::server::text;
 
 /// The claims pulse reads and writes.
@@ -96,14 +97,6 @@ pub struct Auth {
     revoked: Mutex<HashMap<String, u64>>,
     /// Guest sign-ins per client address (an IPv6 /64 counts as one).
     sign_ins: DefaultKeyedRateLimiter<IpAddr>,
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Auth {

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ChatMessage, FeedEvent, Member, ServerMessage, HISTORY_LEN};
-use crate::server::feed::now_ms;
+use crate::server::clock::now_ms;
 use crate::server::metrics;
 
 /// The pub/sub channel every instance publishes on and listens to.
@@ -527,7 +527,7 @@ async fn publish(redis: Arc<Redis>, mut rx: mpsc::Receiver<Command>, shutdown: C
                     .arg(revoked_key(sid))
                     .arg(1)
                     .arg("EXAT")
-                    .arg((*exp).max(crate::server::auth::now_secs() + 1))
+                    .arg((*exp).max(crate::server::clock::now_secs() + 1))
                     .ignore();
             }
         }

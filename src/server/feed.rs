@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -22,15 +22,8 @@ use tokio::time::{interval, interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{FeedEvent, FeedItem, LAST_EVENT_ID_PARAM};
+use crate::server::clock::now_ms;
 use crate::server::metrics;
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// A time-ordered id floor: now, in milliseconds, times 1000 (room for a
 /// thousand events a millisecond; about 1.8e15, exact in a JS number).

@@ -6,6 +6,7 @@ pub mod assets;
 pub mod auth;
 pub mod broker;
 pub mod chat;
+pub mod clock;
 pub mod config;
 pub mod feed;
 pub mod forwarded;

@@ -16,8 +16,9 @@ use serde_json::json;
 use crate::protocol::{ErrorCode, FeedEvent};
 use crate::server::auth::{bearer_token, cookie_token};
 use crate::server::broker::BusEvent;
-use crate::server::chat::Chat;
-use crate::server::feed::{now_ms, Feed};
+use crate::server::chat::{too_many_messages, Chat};
+use crate::server::clock::now_ms;
+use crate::server::feed::Feed;
 use crate::server::metrics;
 use crate::server::text;
 
@@ -55,12 +56,7 @@ impl NotifyError {
         match self {
             NotifyError::Unauthorized(why) => why.clone(),
             NotifyError::Invalid(why) => why.clone(),
-            NotifyError::RateLimited(wait) => {
-                format!(
-                    "too many messages; try again in {} ms",
-                    wait.as_millis().max(1)
-                )
-            }
+            NotifyError::RateLimited(wait) => too_many_messages(*wait),
         }
     }
 }

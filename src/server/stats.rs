@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::Stats;
 use crate::server::broker::Broker;
-use crate::server::feed::{now_ms, sse_response};
+use crate::server::clock::now_ms;
+use crate::server::feed::sse_response;
 use crate::server::metrics;
 
 /// How often the dashboard's figures are sampled.

@@ -22,14 +22,14 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
 use super::hub::{error, rate_limited, ConnId, Outbox, Queue, User};
-use super::Chat;
+use super::{too_many_messages, Chat};
 use crate::protocol::{
     ClientMessage, ErrorCode, ServerMessage, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,
     CLOSE_PING_TIMEOUT, CLOSE_PROTOCOL_ERROR, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_TOO_SLOW,
     MAX_FRAME_BYTES, MAX_ROOMS_PER_CONNECTION,
 };
 use crate::server::admission::Slot;
-use crate::server::auth::now_secs;
+use crate::server::clock::now_secs;
 use crate::server::listener::Admission;
 use crate::server::metrics::{self, Transport};
 use crate::server::text;
@@ -347,11 +347,5 @@ fn not_in_room(room: &str) -> ServerMessage {
 }
 
 fn too_many(wait: Duration) -> ServerMessage {
-    rate_limited(
-        format!(
-            "too many messages; try again in {} ms",
-            wait.as_millis().max(1)
-        ),
-        wait,
-    )
+    rate_limited(too_many_messages(wait), wait)
 }

@@ -29,7 +29,7 @@ use crate::protocol::{
     MAX_ROOM_NAME,
 };
 use crate::server::broker::{Broker, BusEvent};
-use crate::server::feed::now_ms;
+use crate::server::clock::now_ms;
 use crate::server::metrics;
 
 /// Identifies one WebSocket connection for the life of the process.

@@ -103,7 +103,8 @@ impl Chat {
         }
     }
 
-    /// `Ok` if `user` may send another message now, else how long to wait.
+    /// `Ok` if `user` may send another message (or notification) now, else
+    /// how long to wait; say so with [`too_many_messages`].
     pub fn check_message_rate(&self, user: &Arc<str>) -> Result<(), Duration> {
         Self::check(&self.messages, user)
     }
@@ -237,6 +238,15 @@ struct OpenSession {
     signed_out: CancellationToken,
     /// How many sockets it has here.
     sockets: usize,
+}
+
+/// What a user over the message rate limit is told, on the socket and at
+/// `POST /api/notifications` alike.
+pub fn too_many_messages(wait: Duration) -> String {
+    format!(
+        "too many messages; try again in {} ms",
+        wait.as_millis().max(1)
+    )
 }
 
 /// `GET /ws`: 403 for a foreign origin, 401 without a valid token, 429 for a
