@@ -11,13 +11,18 @@ async fn instance(redis: &Redis) -> Server {
     ws::start(&[("PULSE_REDIS_URL", &redis.url())]).await
 }
 
+/// An instance on `redis` that is connected and ready.
+async fn ready_instance(redis: &Redis) -> Server {
+    let server = instance(redis).await;
+    server.wait_ready(200).await;
+    server
+}
+
 #[tokio::test]
 async fn instances_share_rooms_presence_history_and_notifications() {
     let redis = Redis::start().await;
-    let a = instance(&redis).await;
-    let b = instance(&redis).await;
-    a.wait_ready(200).await;
-    b.wait_ready(200).await;
+    let a = ready_instance(&redis).await;
+    let b = ready_instance(&redis).await;
 
     let mut ada = Client::connect(&a, "Ada").await;
     let mut bob = Client::connect(&b, "Bob").await;
@@ -81,10 +86,8 @@ async fn instances_share_rooms_presence_history_and_notifications() {
 #[tokio::test]
 async fn a_redis_outage_keeps_local_delivery_and_heals_by_itself() {
     let mut redis = Redis::start().await;
-    let mut a = instance(&redis).await;
-    let b = instance(&redis).await;
-    a.wait_ready(200).await;
-    b.wait_ready(200).await;
+    let mut a = ready_instance(&redis).await;
+    let b = ready_instance(&redis).await;
     let mut ada = Client::connect(&a, "Ada").await;
     let mut amy = Client::connect(&a, "Amy").await;
     let mut bob = Client::connect(&b, "Bob").await;
@@ -165,10 +168,8 @@ async fn the_members_of_a_dead_instance_drop_out() {
 #[tokio::test]
 async fn a_feed_client_resumes_on_another_instance_without_missing_notifications() {
     let redis = Redis::start().await;
-    let a = instance(&redis).await;
-    let b = instance(&redis).await;
-    a.wait_ready(200).await;
-    b.wait_ready(200).await;
+    let a = ready_instance(&redis).await;
+    let b = ready_instance(&redis).await;
     let notify = |server: &Server, text: &'static str| {
         let url = format!("{}/api/notifications", server.url);
         async move {
@@ -214,8 +215,7 @@ async fn next_note(sse: &mut support::Sse) -> (u64, serde_json::Value) {
 #[tokio::test]
 async fn sigterm_drains_an_instance_and_metrics_count_what_happened() {
     let redis = Redis::start().await;
-    let a = instance(&redis).await;
-    a.wait_ready(200).await;
+    let a = ready_instance(&redis).await;
     let mut ada = Client::connect(&a, "Ada").await;
     let mut amy = Client::connect(&a, "Amy").await;
     // One presence frame each (Ada waits for it before Amy joins, so the
@@ -259,10 +259,8 @@ async fn sigterm_drains_an_instance_and_metrics_count_what_happened() {
 #[tokio::test]
 async fn signing_out_on_one_instance_closes_the_sessions_sockets_on_every_instance() {
     let redis = Redis::start().await;
-    let a = instance(&redis).await;
-    let b = instance(&redis).await;
-    a.wait_ready(200).await;
-    b.wait_ready(200).await;
+    let a = ready_instance(&redis).await;
+    let b = ready_instance(&redis).await;
     let (cookie, _) = ws::sign_in(&a, "Ada").await;
     let mut on_b = Client::connect_cookie(&b, &cookie).await;
     on_b.join("general").await;
@@ -280,16 +278,14 @@ async fn signing_out_on_one_instance_closes_the_sessions_sockets_on_every_instan
     let with_cookie = [("cookie", cookie.as_str())];
     assert_eq!(ws::upgrade_status(&ws::ws_url(&b), &with_cookie).await, 401);
     // An instance started after the sign-out learns it from Redis.
-    let c = instance(&redis).await;
-    c.wait_ready(200).await;
+    let c = ready_instance(&redis).await;
     assert_eq!(ws::upgrade_status(&ws::ws_url(&c), &with_cookie).await, 401);
 }
 
 #[tokio::test]
 async fn every_key_pulse_writes_to_redis_expires() {
     let redis = Redis::start().await;
-    let a = instance(&redis).await;
-    a.wait_ready(200).await;
+    let a = ready_instance(&redis).await;
     let mut ada = Client::connect(&a, "Ada").await;
     ada.join("ttl-room").await;
     ada.say("ttl-room", "kept a while").await;
