@@ -293,15 +293,7 @@ async fn sign_out_revokes_the_session_and_closes_its_sockets() {
     let mut bystander = Client::connect_cookie(&server, &other.cookie).await;
     bystander.join("general").await;
 
-    let http = reqwest::Client::new();
-    let res = http
-        .post(format!("{}/api/sign_out", server.url))
-        .header("origin", &server.url)
-        .header("cookie", &g.cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(ws::sign_out(&server, &g.cookie).await.status(), 200);
     let frame = socket.closed().await.expect("a close frame");
     assert_eq!(u16::from(frame.code), 4001);
     assert_eq!(frame.reason.as_str(), "signed out");
@@ -311,7 +303,7 @@ async fn sign_out_revokes_the_session_and_closes_its_sockets() {
         upgrade_status(&ws_url(&server), &[("cookie", &g.cookie)]).await,
         401
     );
-    let res = http
+    let res = reqwest::Client::new()
         .post(format!("{}/api/renew_session", server.url))
         .header("origin", &server.url)
         .header("cookie", &g.cookie)

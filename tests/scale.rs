@@ -265,14 +265,7 @@ async fn signing_out_on_one_instance_closes_the_sessions_sockets_on_every_instan
     let mut on_b = Client::connect_cookie(&b, &cookie).await;
     on_b.join("general").await;
 
-    let res = reqwest::Client::new()
-        .post(format!("{}/api/sign_out", a.url))
-        .header("origin", &a.url)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(ws::sign_out(&a, &cookie).await.status(), 200);
     let frame = on_b.closed().await.expect("a close frame");
     assert_eq!(u16::from(frame.code), 4001);
     let with_cookie = [("cookie", cookie.as_str())];
@@ -291,13 +284,7 @@ async fn every_key_pulse_writes_to_redis_expires() {
     ada.say("ttl-room", "kept a while").await;
     ada.recv_type("message").await;
     let (cookie, _) = ws::sign_in(&a, "Bob").await;
-    reqwest::Client::new()
-        .post(format!("{}/api/sign_out", a.url))
-        .header("origin", &a.url)
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(ws::sign_out(&a, &cookie).await.status(), 200);
 
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();

@@ -64,7 +64,8 @@ impl<K: Hash + Eq + Clone> KeyedCounter<K> {
     }
 
     /// Slots `key` holds now.
-    pub fn held(&self, key: &K) -> usize {
+    #[cfg(test)]
+    fn held(&self, key: &K) -> usize {
         self.lock().get(key).copied().unwrap_or(0)
     }
 }

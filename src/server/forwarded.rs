@@ -103,6 +103,17 @@ impl TrustedProxies {
     }
 }
 
+/// Whether `origin` (a browser's `Origin` header) is the site the client
+/// asked for: same host and port as `host` (the request's, or a trusted
+/// proxy's `X-Forwarded-Host`), over HTTP or HTTPS.
+pub fn is_own_origin(origin: &str, host: Option<&str>) -> bool {
+    let origin = origin.trim_end_matches('/');
+    let origin_host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    origin_host.is_some() && origin_host == host
+}
+
 /// An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `::1` or `[::1]:80`.
 fn parse_addr(text: &str) -> Option<IpAddr> {
     text.parse::<IpAddr>()

@@ -16,6 +16,7 @@ use leptos::config::{Env, LeptosOptions};
 use leptos::prelude::use_context;
 
 use crate::server::auth::bearer_token;
+use crate::server::forwarded::is_own_origin;
 use crate::server::listener::Admitted;
 use crate::server::metrics;
 
@@ -104,12 +105,7 @@ fn is_same_site(headers: &HeaderMap, host: Option<&str>) -> bool {
     }
     match headers.get(header::ORIGIN).map(|o| o.to_str()) {
         None => true,
-        Some(Ok(origin)) => {
-            let origin_host = origin
-                .strip_prefix("https://")
-                .or_else(|| origin.strip_prefix("http://"));
-            origin_host.is_some() && origin_host == host
-        }
+        Some(Ok(origin)) => is_own_origin(origin, host),
         Some(Err(_)) => false,
     }
 }

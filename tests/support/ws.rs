@@ -89,6 +89,17 @@ pub async fn sign_in(server: &Server, name: &str) -> (String, Value) {
     (cookie, session)
 }
 
+/// Signs the session of `cookie` out, from the site's own page.
+pub async fn sign_out(server: &Server, cookie: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/api/sign_out", server.url))
+        .header("origin", &server.url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `ws://` URL of the server's chat endpoint.
 pub fn ws_url(server: &Server) -> String {
     format!("{}/ws", server.url.replacen("http://", "ws://", 1))

@@ -414,6 +414,9 @@ impl Hub {
                 members.extend(r.members());
                 (history, members)
             }
+            // Copied only for a connection new to the room: one already in
+            // it has the history.
+            None if already_in => (Vec::new(), r.members()),
             None => (r.history.iter().cloned().collect(), r.members()),
         };
         sort_members(&mut members);

@@ -29,6 +29,7 @@ use crate::server::admission::{refusal, KeyedCounter};
 use crate::server::auth::{token_from, Auth, AuthError, Claims};
 use crate::server::broker::Broker;
 use crate::server::config::AppSettings;
+use crate::server::forwarded::is_own_origin;
 use crate::server::listener::Admitted;
 use crate::server::metrics;
 use hub::{Hub, User};
@@ -172,14 +173,10 @@ impl Chat {
 
     /// Whether a browser page from `origin` may open a socket on `host`.
     fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        let origin = origin.trim_end_matches('/');
         if self.allowed_origins.is_empty() {
-            // The site's own origin: same host and port as the request.
-            let origin_host = origin
-                .strip_prefix("https://")
-                .or_else(|| origin.strip_prefix("http://"));
-            origin_host.is_some() && origin_host == host
+            is_own_origin(origin, host)
         } else {
+            let origin = origin.trim_end_matches('/');
             self.allowed_origins.iter().any(|o| o == origin)
         }
     }
