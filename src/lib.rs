@@ -15,7 +15,7 @@
 //! - `server` (feature `ssr`): everything that only runs on the server, and
 //!   `server::run`, which builds every service and runs them on one task
 //!   tracker until shutdown:
-//!   - `server::config`: settings from the embedded `Leptos.toml`, `LEPTOS_*`/`PULSE_*` env and flags;
+//!   - `server::config`: every setting declared once (`PULSE_*` and flags), site settings from `Leptos.toml`;
 //!   - `server::listener`: the accept loop (connection caps, EMFILE backoff)
 //!     and one hyper connection per socket (head and idle timeouts);
 //!   - `server::admission`, `server::forwarded`: per-address and per-user

@@ -3,9 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use pulse::server::auth::{self, Auth};
-use pulse::server::config::{Cli, Command, LogFormat, Settings};
+use pulse::server::config::{self, Cli, Command, LogFormat, Settings};
 use pulse::server::{metrics, shutdown, text};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -13,8 +12,8 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let settings = match Settings::load(&cli.overrides) {
+    let cli = Cli::from_env();
+    let settings = match Settings::new(cli.app) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("pulse: invalid settings: {e}");
@@ -43,7 +42,7 @@ fn print_token(
     id: Option<String>,
     ttl: std::time::Duration,
 ) -> ExitCode {
-    let Some(secret) = &settings.jwt_secret else {
+    let Some(secret) = &settings.app.jwt_secret else {
         eprintln!("pulse: set PULSE_JWT_SECRET to the server's secret to mint tokens");
         return ExitCode::from(2);
     };
@@ -59,15 +58,20 @@ fn print_token(
         eprintln!("pulse: --id must be 1-64 characters of A-Z, a-z, 0-9, -_.:@");
         return ExitCode::from(2);
     }
-    let max = settings.app.max_token_ttl();
+    let max = settings.app.max_token_ttl;
     if ttl > max {
         eprintln!(
-            "pulse: --ttl may be at most PULSE_MAX_TOKEN_TTL_S ({}s)",
-            max.as_secs()
+            "pulse: --ttl may be at most PULSE_MAX_TOKEN_TTL ({})",
+            humantime::format_duration(max)
         );
         return ExitCode::from(2);
     }
-    let auth = Auth::new(secret.as_bytes(), ttl, max, settings.app.signin_per_min);
+    let auth = Auth::new(
+        secret.expose().as_bytes(),
+        ttl,
+        max,
+        settings.app.signin_per_min,
+    );
     match auth.issue(&id, &name, &auth::new_id(), ttl) {
         Ok((token, _)) => {
             println!("{token}");
@@ -96,6 +100,9 @@ const RESERVED_FILES: u64 = 512;
 
 async fn run(mut settings: Settings) -> ExitCode {
     init_logging(settings.app.log_format);
+    for name in config::unknown_variables() {
+        tracing::warn!("ignoring {name}: no such setting (see pulse --help)");
+    }
     // Every connection is a file descriptor: take all the kernel allows.
     let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
@@ -115,8 +122,8 @@ async fn run(mut settings: Settings) -> ExitCode {
     let Some(public) = bind(settings.leptos.site_addr).await else {
         return ExitCode::FAILURE;
     };
-    let metrics = match settings.app.metrics_addr() {
-        Ok(Some(addr)) => {
+    let metrics = match settings.app.metrics_addr.0 {
+        Some(addr) => {
             let Some(tcp) = bind(addr).await else {
                 return ExitCode::FAILURE;
             };
@@ -133,15 +140,14 @@ async fn run(mut settings: Settings) -> ExitCode {
                 }
             }
         }
-        // Validated at load: only `off` gets here.
-        Ok(None) | Err(_) => None,
+        None => None,
     };
     match public.local_addr() {
         Ok(local) => tracing::info!("listening on http://{local}"),
         Err(e) => tracing::warn!("listening, but the local address is unknown: {e}"),
     }
 
-    let timeout = settings.app.shutdown_timeout();
+    let timeout = settings.app.shutdown_timeout;
     let token = CancellationToken::new();
     tokio::spawn(shutdown::cancel_on_signal(token.clone()));
     let mut server = tokio::spawn(pulse::server::run(public, metrics, settings, token.clone()));
@@ -151,7 +157,10 @@ async fn run(mut settings: Settings) -> ExitCode {
         _ = token.cancelled() => match tokio::time::timeout(timeout, &mut server).await {
             Ok(finished) => finished,
             Err(_) => {
-                tracing::warn!("connections still open after {}s: exiting anyway", timeout.as_secs());
+                tracing::warn!(
+                    "connections still open after {}: exiting anyway",
+                    humantime::format_duration(timeout)
+                );
                 return ExitCode::SUCCESS;
             }
         },

@@ -300,7 +300,7 @@ async fn a_client_that_stops_reading_is_dropped_and_the_others_keep_up() {
 
 #[tokio::test]
 async fn peers_that_stop_answering_pings_are_closed() {
-    let server = ws::start(&[("PULSE_WS_PING_INTERVAL_S", "1")]).await;
+    let server = ws::start(&[("PULSE_WS_PING_INTERVAL", "1s")]).await;
     let _silent = Client::connect(&server, "Silent").await; // never reads: no pongs
     let mut alive = Client::connect(&server, "Alive").await;
     alive.join("general").await;
@@ -316,7 +316,7 @@ async fn peers_that_stop_answering_pings_are_closed() {
 
 #[tokio::test]
 async fn rooms_are_capped_and_empty_ones_are_dropped() {
-    let server = ws::start(&[("PULSE_MAX_ROOMS", "4"), ("PULSE_ROOM_IDLE_S", "1")]).await;
+    let server = ws::start(&[("PULSE_MAX_ROOMS", "4"), ("PULSE_ROOM_IDLE", "1s")]).await;
     let mut ada = Client::connect(&server, "Ada").await;
     ada.join("extra").await;
     ada.send(json!({"type": "join", "room": "one-more"})).await;

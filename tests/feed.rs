@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use support::{Server, Sse, WAIT};
 
-const FAST: &[(&str, &str)] = &[("PULSE_FEED_INTERVAL_MS", "50")];
+const FAST: &[(&str, &str)] = &[("PULSE_FEED_INTERVAL", "50ms")];
 
 #[tokio::test]
 async fn stream_starts_with_retry_and_connected_then_numbered_updates() {
@@ -43,7 +43,7 @@ async fn stream_starts_with_retry_and_connected_then_numbered_updates() {
 
 #[tokio::test]
 async fn updates_come_at_the_configured_interval() {
-    let server = Server::start(&[("PULSE_FEED_INTERVAL_MS", "200")]).await;
+    let server = Server::start(&[("PULSE_FEED_INTERVAL", "200ms")]).await;
     let mut sse = Sse::open(&server.url, None).await;
     sse.next_update().await;
     let mut stamps = Vec::new();
@@ -106,7 +106,7 @@ async fn resuming_with_last_event_id_misses_nothing_and_repeats_nothing() {
 #[tokio::test]
 async fn resuming_from_before_the_backlog_says_gap_first() {
     let server = Server::start(&[
-        ("PULSE_FEED_INTERVAL_MS", "5"),
+        ("PULSE_FEED_INTERVAL", "5ms"),
         ("PULSE_FEED_BACKLOG", "100"),
     ])
     .await;
@@ -149,8 +149,8 @@ async fn a_malformed_last_event_id_is_a_clear_400() {
 #[tokio::test]
 async fn keep_alive_comments_flow_on_idle_streams() {
     let server = Server::start(&[
-        ("PULSE_FEED_INTERVAL_MS", "60000"),
-        ("PULSE_SSE_KEEP_ALIVE_S", "1"),
+        ("PULSE_FEED_INTERVAL", "60000ms"),
+        ("PULSE_SSE_KEEP_ALIVE", "1s"),
     ])
     .await;
     let mut sse = Sse::open(&server.url, None).await;
@@ -194,8 +194,8 @@ async fn a_client_that_goes_away_is_cleaned_up() {
 #[tokio::test]
 async fn sigterm_ends_open_streams_and_exits_promptly() {
     let mut server = Server::start(&[
-        ("PULSE_FEED_INTERVAL_MS", "50"),
-        ("PULSE_SHUTDOWN_TIMEOUT_S", "30"),
+        ("PULSE_FEED_INTERVAL", "50ms"),
+        ("PULSE_SHUTDOWN_TIMEOUT", "30s"),
     ])
     .await;
     let mut streams = Vec::new();

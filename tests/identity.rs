@@ -280,7 +280,7 @@ async fn long_lived_and_iat_less_tokens_are_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("PULSE_MAX_TOKEN_TTL_S"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PULSE_MAX_TOKEN_TTL"));
 }
 
 #[tokio::test]

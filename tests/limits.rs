@@ -81,7 +81,7 @@ const FEED: &str = "GET /api/events HTTP/1.1\r\nHost: pulse\r\n";
 
 #[tokio::test]
 async fn silent_and_half_sent_connections_are_closed_at_the_header_timeout() {
-    let server = Server::start(&[("PULSE_HEADER_TIMEOUT_S", "1")]).await;
+    let server = Server::start(&[("PULSE_HEADER_TIMEOUT", "1s")]).await;
     let mut silent = connect_from(&server, "127.0.0.1").await;
     let mut half = connect_from(&server, "127.0.0.1").await;
     half.write_all(b"GET / HTTP/1.1\r\nHost: pul")
@@ -130,8 +130,8 @@ async fn an_oversized_request_head_gets_431() {
 async fn an_idle_kept_alive_connection_is_closed_at_the_idle_timeout() {
     // A long header timeout: only the idle timeout can close it.
     let server = Server::start(&[
-        ("PULSE_HEADER_TIMEOUT_S", "600"),
-        ("PULSE_IDLE_TIMEOUT_S", "1"),
+        ("PULSE_HEADER_TIMEOUT", "600s"),
+        ("PULSE_IDLE_TIMEOUT", "1s"),
     ])
     .await;
     let mut tcp = connect_from(&server, "127.0.0.1").await;
@@ -153,9 +153,9 @@ async fn an_idle_kept_alive_connection_is_closed_at_the_idle_timeout() {
 #[tokio::test]
 async fn an_open_stream_is_not_timed_out() {
     let server = Server::start(&[
-        ("PULSE_HEADER_TIMEOUT_S", "1"),
-        ("PULSE_IDLE_TIMEOUT_S", "1"),
-        ("PULSE_FEED_INTERVAL_MS", "500"),
+        ("PULSE_HEADER_TIMEOUT", "1s"),
+        ("PULSE_IDLE_TIMEOUT", "1s"),
+        ("PULSE_FEED_INTERVAL", "500ms"),
     ])
     .await;
     let mut tcp = connect_from(&server, "127.0.0.1").await;
@@ -183,8 +183,8 @@ async fn an_open_stream_is_not_timed_out() {
 #[tokio::test]
 async fn sigterm_with_a_half_sent_request_exits_at_once() {
     let mut server = Server::start(&[
-        ("PULSE_HEADER_TIMEOUT_S", "600"),
-        ("PULSE_SHUTDOWN_TIMEOUT_S", "60"),
+        ("PULSE_HEADER_TIMEOUT", "600s"),
+        ("PULSE_SHUTDOWN_TIMEOUT", "60s"),
     ])
     .await;
     let mut half = connect_from(&server, "127.0.0.1").await;

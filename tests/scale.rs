@@ -144,7 +144,7 @@ async fn the_members_of_a_dead_instance_drop_out() {
     let redis = Redis::start().await;
     let env = [
         ("PULSE_REDIS_URL", redis.url()),
-        ("PULSE_PRESENCE_TTL_S", "3".to_string()),
+        ("PULSE_PRESENCE_TTL", "3s".to_string()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let a = ws::start(&env).await;

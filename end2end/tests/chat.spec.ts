@@ -98,7 +98,7 @@ test('chat: stays connected across a session renewal', async ({ page }) => {
   test.setTimeout(90_000);
   await server.stop();
   await server.dispose();
-  server = await PulseServer.start({ ...ENV, PULSE_SESSION_TTL_S: '60' });
+  server = await PulseServer.start({ ...ENV, PULSE_SESSION_TTL: '60s' });
   await signIn(page, '/chat');
   // With a 60 s session the client renews half-way through, then reconnects
   // with the new cookie well before the old token's expiry closes it.

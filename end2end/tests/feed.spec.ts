@@ -4,7 +4,7 @@ import { PulseServer } from './server';
 
 // A fast ticker and a short retry hint keep the tests quick; they still only
 // wait on conditions.
-const ENV = { PULSE_FEED_INTERVAL_MS: '100', PULSE_SSE_RETRY_MS: '300' };
+const ENV = { PULSE_FEED_INTERVAL: '100ms', PULSE_SSE_RETRY: '300ms' };
 
 let server: PulseServer;
 

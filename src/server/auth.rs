@@ -178,7 +178,7 @@ impl Auth {
         }
         if claims.exp.saturating_sub(claims.iat) > self.max_ttl.as_secs() {
             return Err(AuthError::Invalid(format!(
-                "the token lives longer than {}s (PULSE_MAX_TOKEN_TTL_S)",
+                "the token lives longer than {}s (PULSE_MAX_TOKEN_TTL)",
                 self.max_ttl.as_secs()
             )));
         }

@@ -12,7 +12,7 @@
 //!
 //! Keys, every one with a TTL so nothing grows with the room names ever
 //! used: `pulse:bus` (channel), `pulse:history:{room}` (list, last 50 JSON
-//! messages; expires `PULSE_HISTORY_TTL_S` after the last message),
+//! messages; expires `PULSE_HISTORY_TTL` after the last message),
 //! `pulse:presence:{room}` (sorted set of `{instance}|{user id}|{name}`
 //! scored by expiry in ms, refreshed every 10 s: members of a dead instance
 //! drop out within 30 s; the key expires with its last entry),

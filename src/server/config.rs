@@ -1,27 +1,30 @@
-//! Settings: the embedded `Leptos.toml` is the default, environment variables
-//! and command-line flags override it.
+//! Settings. Each of the app's settings is declared once, as a field of
+//! [`AppSettings`]: its doc comment is its `pulse --help` text, and its clap
+//! attribute gives its `PULSE_*` variable (and `--flag`), its default and its
+//! bounds. Clap reads flags and variables and checks them, `pulse config`
+//! prints the struct, and a test holds the README's table to the same list.
+//! The few rules that tie two settings together are in [`AppSettings::check`].
 //!
 //! Site settings (address, output name, …) are leptos_config's
-//! [`LeptosOptions`], overridden by `LEPTOS_*` variables. The app's own
-//! settings are the `[pulse]` table, overridden by `PULSE_*` variables or the
-//! matching `--flags`; clap reads both, so `pulse --help` lists every one.
+//! [`LeptosOptions`]: the `[package.metadata.leptos]` table of the embedded
+//! `Leptos.toml`, overridden by `LEPTOS_*` variables.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::RangedU64ValueParser;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 use leptos::config::LeptosOptions;
-use serde::Deserialize;
+use serde::{Serialize, Serializer};
 
-use crate::protocol::DEFAULT_ROOMS;
-use crate::server::forwarded::TrustedProxies;
-
-/// The configuration file compiled into the binary.
+/// The site settings compiled into the binary.
 pub const EMBEDDED_CONFIG: &str = include_str!("../../Leptos.toml");
 
-/// Smallest feed backlog allowed: clients must be able to resume after a
-/// reconnect of a couple of minutes at the default rate.
-pub const MIN_FEED_BACKLOG: usize = 100;
+/// Shortest JWT secret accepted: HS256 wants a key as long as its hash.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// The command line of the `pulse` binary.
 #[derive(Debug, Parser)]
@@ -29,18 +32,18 @@ pub const MIN_FEED_BACKLOG: usize = 100;
     name = "pulse",
     version,
     about = "pulse: live SSE feed, WebSocket chat and rooms, in one binary",
-    after_help = "Defaults come from the Leptos.toml embedded in the binary. Site settings are \
-                  overridden by LEPTOS_* variables: LEPTOS_SITE_ADDR (address to listen on, \
-                  default 127.0.0.1:3000), LEPTOS_ENV (PROD or DEV), LEPTOS_OUTPUT_NAME, \
+    after_help = "Every setting is a flag and a PULSE_* variable (the flag wins). Site settings \
+                  are LEPTOS_* variables: LEPTOS_SITE_ADDR (address to listen on, default \
+                  127.0.0.1:3000), LEPTOS_ENV (PROD or DEV), LEPTOS_OUTPUT_NAME, \
                   LEPTOS_SITE_PKG_DIR, LEPTOS_RELOAD_PORT. RUST_LOG sets the log level."
 )]
 pub struct Cli {
     /// What to run; serving the app is the default.
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Overrides of the app settings for serving.
+    /// The app's settings.
     #[command(flatten)]
-    pub overrides: Overrides,
+    pub app: AppSettings,
 }
 
 /// Subcommands of `pulse`.
@@ -65,138 +68,187 @@ pub enum Command {
     },
 }
 
-/// Command-line / environment overrides of the `[pulse]` table.
-/// `None` means "keep the value from Leptos.toml". Serialized (kebab-case,
-/// `None`s left out) and laid over the `[pulse]` table, so a setting needs no
-/// code of its own to be overridable.
-#[derive(Debug, Default, Args, serde::Serialize)]
+/// The app's own settings, each declared here and nowhere else.
+///
+/// Durations are written like `250ms`, `15s`, `5m`, `1h` or `7d`.
+#[derive(Debug, Clone, Args, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct Overrides {
-    /// Period of the live feed's ticker, in milliseconds.
-    #[arg(long, env = "PULSE_FEED_INTERVAL_MS", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub feed_interval_ms: Option<u64>,
-    /// Feed events kept for clients resuming with Last-Event-ID (at least 100).
-    #[arg(long, env = "PULSE_FEED_BACKLOG", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub feed_backlog: Option<usize>,
-    /// Reconnection delay suggested to EventSource clients, in milliseconds.
-    #[arg(long, env = "PULSE_SSE_RETRY_MS", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sse_retry_ms: Option<u64>,
-    /// Period of the keep-alive comment on open SSE streams, in seconds.
-    #[arg(long, env = "PULSE_SSE_KEEP_ALIVE_S", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sse_keep_alive_s: Option<u64>,
-    /// Longest a graceful shutdown may take, in seconds.
-    #[arg(long, env = "PULSE_SHUTDOWN_TIMEOUT_S", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shutdown_timeout_s: Option<u64>,
+pub struct AppSettings {
+    /// Period of the live feed's ticker.
+    #[arg(long, env = "PULSE_FEED_INTERVAL", global = true, default_value = "1s",
+          value_parser = at_least(Duration::from_millis(1)))]
+    #[serde(with = "humantime_serde")]
+    pub feed_interval: Duration,
+
+    /// Feed events kept in memory for clients that resume with Last-Event-ID
+    /// (at least 100: a couple of minutes at the default rate).
+    #[arg(long, env = "PULSE_FEED_BACKLOG", global = true, default_value_t = 256,
+          value_parser = RangedU64ValueParser::<usize>::new().range(100..=1_000_000))]
+    pub feed_backlog: usize,
+
+    /// Reconnection delay suggested to EventSource clients (the SSE `retry:` field).
+    #[arg(long, env = "PULSE_SSE_RETRY", global = true, default_value = "2s",
+          value_parser = at_least(Duration::ZERO))]
+    #[serde(with = "humantime_serde")]
+    pub sse_retry: Duration,
+
+    /// Period of the keep-alive comment on every open SSE stream.
+    #[arg(long, env = "PULSE_SSE_KEEP_ALIVE", global = true, default_value = "15s",
+          value_parser = at_least(Duration::from_secs(1)))]
+    #[serde(with = "humantime_serde")]
+    pub sse_keep_alive: Duration,
+
+    /// How long a graceful shutdown may take before the process exits anyway.
+    #[arg(long, env = "PULSE_SHUTDOWN_TIMEOUT", global = true, default_value = "10s",
+          value_parser = at_least(Duration::ZERO))]
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+
     /// Log line format.
-    #[arg(long, env = "PULSE_LOG_FORMAT", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<LogFormat>,
-    /// Lifetime of a sign-in session, in seconds (at most max-token-ttl-s).
-    #[arg(long, env = "PULSE_SESSION_TTL_S", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_ttl_s: Option<u64>,
-    /// Longest lifetime (exp - iat) of any token accepted or issued, in seconds.
-    #[arg(long, env = "PULSE_MAX_TOKEN_TTL_S", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_token_ttl_s: Option<u64>,
+    #[arg(long, env = "PULSE_LOG_FORMAT", global = true, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Lifetime of a sign-in session, its token and cookie (at most max-token-ttl).
+    #[arg(long, env = "PULSE_SESSION_TTL", global = true, default_value = "1h",
+          value_parser = at_least(Duration::from_secs(60)))]
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+
+    /// Longest lifetime (exp - iat) of any token accepted or issued; longer
+    /// ones, and tokens without iat, are refused.
+    #[arg(long, env = "PULSE_MAX_TOKEN_TTL", global = true, default_value = "24h",
+          value_parser = at_least(Duration::from_secs(60)))]
+    #[serde(with = "humantime_serde")]
+    pub max_token_ttl: Duration,
+
     /// Guest sign-ins one client address may make per minute.
-    #[arg(long, env = "PULSE_SIGNIN_PER_MIN", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signin_per_min: Option<u32>,
-    /// Chat messages one user may send per minute.
-    #[arg(long, env = "PULSE_RATE_LIMIT_PER_MIN", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit_per_min: Option<u32>,
-    /// Most chat rooms the server holds at once.
-    #[arg(long, env = "PULSE_MAX_ROOMS", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_rooms: Option<usize>,
-    /// Seconds after which an empty non-default room is dropped.
-    #[arg(long, env = "PULSE_ROOM_IDLE_S", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub room_idle_s: Option<u64>,
-    /// WebSocket ping period, in seconds.
-    #[arg(long, env = "PULSE_WS_PING_INTERVAL_S", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ws_ping_interval_s: Option<u64>,
-    /// Bytes that may wait for one WebSocket before it is dropped as too slow.
-    #[arg(long, env = "PULSE_WS_QUEUE_BYTES", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ws_queue_bytes: Option<usize>,
-    /// New rooms one user may create per hour.
-    #[arg(long, env = "PULSE_ROOMS_PER_USER", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rooms_per_user: Option<u32>,
-    /// With Redis: seconds a room's history is kept after its last message.
-    #[arg(long, env = "PULSE_HISTORY_TTL_S", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub history_ttl_s: Option<u64>,
-    /// With Redis: seconds after which the members of a dead instance drop out.
-    #[arg(long, env = "PULSE_PRESENCE_TTL_S", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub presence_ttl_s: Option<u64>,
-    /// Origins allowed to open a WebSocket, comma-separated (default: the site's own).
+    #[arg(long, env = "PULSE_SIGNIN_PER_MIN", global = true, default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub signin_per_min: u32,
+
+    /// Chat messages and notifications (and, separately, joins and leaves)
+    /// one user may send per minute, across all their connections.
+    #[arg(long, env = "PULSE_RATE_LIMIT_PER_MIN", global = true, default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_min: u32,
+
+    /// Most chat rooms the server holds at once (at least the 3 default rooms).
+    #[arg(long, env = "PULSE_MAX_ROOMS", global = true, default_value_t = 1000,
+          value_parser = RangedU64ValueParser::<usize>::new().range(3..))]
+    pub max_rooms: usize,
+
+    /// New rooms one user may create per hour (a room only its creator ever
+    /// joined is dropped a minute after it empties).
+    #[arg(long, env = "PULSE_ROOMS_PER_USER", global = true, default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rooms_per_user: u32,
+
+    /// An empty room (other than general, tech, random) is dropped after this.
+    #[arg(long, env = "PULSE_ROOM_IDLE", global = true, default_value = "5m",
+          value_parser = at_least(Duration::ZERO))]
+    #[serde(with = "humantime_serde")]
+    pub room_idle: Duration,
+
+    /// The server pings every WebSocket this often and closes peers that miss a ping.
+    #[arg(long, env = "PULSE_WS_PING_INTERVAL", global = true, default_value = "20s",
+          value_parser = at_least(Duration::from_secs(1)))]
+    #[serde(with = "humantime_serde")]
+    pub ws_ping_interval: Duration,
+
+    /// Bytes that may wait to be sent to one WebSocket; past that its reader
+    /// counts as too slow and is closed with 4002 (at least 65536: a room's
+    /// join answer alone can be that large).
+    #[arg(long, env = "PULSE_WS_QUEUE_BYTES", global = true, default_value_t = 1 << 20,
+          value_parser = RangedU64ValueParser::<usize>::new().range(65536..))]
+    pub ws_queue_bytes: usize,
+
+    /// Origins allowed to open a WebSocket, comma-separated, e.g.
+    /// https://chat.example.com (default: the site's own).
+    #[arg(long, env = "PULSE_ALLOWED_ORIGINS", global = true, value_delimiter = ',',
+          value_parser = origin)]
+    pub allowed_origins: Vec<String>,
+
+    /// A client must send a whole request head within this of connecting (or
+    /// of starting the head), else its connection is closed.
+    #[arg(long, env = "PULSE_HEADER_TIMEOUT", global = true, default_value = "10s",
+          value_parser = at_least(Duration::from_millis(1)))]
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+
+    /// A kept-alive connection with no request in flight is closed after this.
+    #[arg(long, env = "PULSE_IDLE_TIMEOUT", global = true, default_value = "60s",
+          value_parser = at_least(Duration::from_millis(1)))]
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+
+    /// Most connections at once; over it: 503. 0: the open-file limit less a reserve.
     #[arg(
         long,
-        env = "PULSE_ALLOWED_ORIGINS",
-        value_delimiter = ',',
-        global = true
+        env = "PULSE_MAX_CONNECTIONS",
+        global = true,
+        default_value_t = 0
     )]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allowed_origins: Option<Vec<String>>,
-    /// Seconds a client has to send a whole request head.
-    #[arg(long, env = "PULSE_HEADER_TIMEOUT_S", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub header_timeout_s: Option<u64>,
-    /// Seconds after which a kept-alive connection with no request is closed.
-    #[arg(long, env = "PULSE_IDLE_TIMEOUT_S", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_timeout_s: Option<u64>,
-    /// Most connections at once (0: the open-file limit less a reserve).
-    #[arg(long, env = "PULSE_MAX_CONNECTIONS", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<usize>,
-    /// Most connections (and streams through a trusted proxy) from one client address.
-    #[arg(long, env = "PULSE_MAX_CONNECTIONS_PER_IP", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections_per_ip: Option<usize>,
-    /// Most WebSockets one user may hold open at once.
-    #[arg(long, env = "PULSE_MAX_SOCKETS_PER_USER", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_sockets_per_user: Option<usize>,
-    /// Proxies whose X-Forwarded-* headers are believed, comma-separated
-    /// addresses or CIDR blocks, e.g. 127.0.0.1,10.0.0.0/8 (default: none).
+    pub max_connections: usize,
+
+    /// Most connections from one client address (an IPv6 /64 counts as one;
+    /// through a trusted proxy: its streams and sockets); over it: 429.
+    #[arg(long, env = "PULSE_MAX_CONNECTIONS_PER_IP", global = true, default_value_t = 256,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections_per_ip: usize,
+
+    /// Most WebSockets one user may hold open at once; over it: 429.
+    #[arg(long, env = "PULSE_MAX_SOCKETS_PER_USER", global = true, default_value_t = 16,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_sockets_per_user: usize,
+
+    /// Proxies whose X-Forwarded-For/-Host/-Proto headers are believed,
+    /// comma-separated addresses or CIDR blocks, e.g. 127.0.0.1,10.0.0.0/8
+    /// (default: none).
+    #[arg(long, env = "PULSE_TRUSTED_PROXIES", global = true, value_delimiter = ',',
+          value_parser = proxy_block)]
+    #[serde(serialize_with = "as_strings")]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Address of the Prometheus endpoint /metrics, kept off the public port
+    /// (`off`: none).
     #[arg(
         long,
-        env = "PULSE_TRUSTED_PROXIES",
-        value_delimiter = ',',
-        global = true
+        env = "PULSE_METRICS_ADDR",
+        global = true,
+        default_value = "127.0.0.1:9100"
     )]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trusted_proxies: Option<Vec<String>>,
-    /// Address of the Prometheus endpoint `/metrics` (`off`: none).
-    #[arg(long, env = "PULSE_METRICS_ADDR", global = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metrics_addr: Option<String>,
+    #[serde(serialize_with = "as_string")]
+    pub metrics_addr: Endpoint,
+
+    /// With Redis: the members of an instance that dies drop out after this.
+    #[arg(long, env = "PULSE_PRESENCE_TTL", global = true, default_value = "30s",
+          value_parser = at_least(Duration::from_secs(3)))]
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+
+    /// With Redis: a room's history is kept this long after its last message.
+    #[arg(long, env = "PULSE_HISTORY_TTL", global = true, default_value = "7d",
+          value_parser = at_least(Duration::from_secs(1)))]
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+
     /// Secret for signing and checking JWTs (HS256), 32 bytes or more. Unset: a
     /// random one per start (sessions do not survive a restart or span instances).
-    #[arg(long, env = "PULSE_JWT_SECRET", hide_env_values = true, global = true)]
+    #[arg(long, env = "PULSE_JWT_SECRET", global = true, hide_env_values = true,
+          value_parser = jwt_secret)]
     #[serde(skip)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
+
     /// Redis for running several instances, e.g. redis://127.0.0.1:6379
     /// (unset: one instance, in-process).
-    #[arg(long, env = "PULSE_REDIS_URL", hide_env_values = true, global = true)]
+    #[arg(long, env = "PULSE_REDIS_URL", global = true, hide_env_values = true,
+          value_parser = redis_url)]
     #[serde(skip)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<Secret>,
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -205,60 +257,167 @@ pub enum LogFormat {
     Json,
 }
 
-/// The app's own settings: the `[pulse]` table of Leptos.toml.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct AppSettings {
-    /// Period of the feed ticker, in milliseconds.
-    pub feed_interval_ms: u64,
-    /// Number of feed events kept for resumption.
-    pub feed_backlog: usize,
-    /// SSE `retry:` hint, in milliseconds.
-    pub sse_retry_ms: u64,
-    /// Keep-alive comment period, in seconds.
-    pub sse_keep_alive_s: u64,
-    /// Graceful shutdown limit, in seconds.
-    pub shutdown_timeout_s: u64,
-    /// Log line format.
-    pub log_format: LogFormat,
-    /// Lifetime of a sign-in session, in seconds.
-    pub session_ttl_s: u64,
-    /// Chat messages one user may send per minute.
-    pub rate_limit_per_min: u32,
-    /// Most rooms held at once.
-    pub max_rooms: usize,
-    /// Idle time after which an empty non-default room is dropped, in seconds.
-    pub room_idle_s: u64,
-    /// WebSocket ping period, in seconds.
-    pub ws_ping_interval_s: u64,
-    /// Bytes that may wait in one WebSocket's outbound queue.
-    pub ws_queue_bytes: usize,
-    /// New rooms one user may create per hour.
-    pub rooms_per_user: u32,
-    /// With Redis: lifetime of a room's history after its last message, in seconds.
-    pub history_ttl_s: u64,
-    /// With Redis: lifetime of an unrefreshed presence entry, in seconds.
-    pub presence_ttl_s: u64,
-    /// Origins allowed to open a WebSocket; empty means the site's own.
-    pub allowed_origins: Vec<String>,
-    /// Longest lifetime (exp - iat) of a token, in seconds.
-    pub max_token_ttl_s: u64,
-    /// Guest sign-ins per client address per minute.
-    pub signin_per_min: u32,
-    /// Time a client has to send a request head, in seconds.
-    pub header_timeout_s: u64,
-    /// Time a kept-alive connection may sit with no request, in seconds.
-    pub idle_timeout_s: u64,
-    /// Most connections at once; 0 means the open-file limit less a reserve.
-    pub max_connections: usize,
-    /// Most connections from one client address.
-    pub max_connections_per_ip: usize,
-    /// Most WebSockets per user.
-    pub max_sockets_per_user: usize,
-    /// Proxies whose `X-Forwarded-*` headers are believed (addresses or CIDR blocks).
-    pub trusted_proxies: Vec<String>,
-    /// Where `/metrics` is served, or `off`.
-    pub metrics_addr: String,
+/// A listening address that can be turned `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint(pub Option<SocketAddr>);
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "off" => Ok(Endpoint(None)),
+            addr => addr
+                .parse()
+                .map(|addr| Endpoint(Some(addr)))
+                .map_err(|_| format!("{addr:?} is not host:port or off")),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+/// A value that is never printed: `Debug` shows that it is set, not what it is.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// A parser of durations (`250ms`, `1h`, …) no shorter than `min`.
+fn at_least(min: Duration) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync {
+    move |text| {
+        let value = humantime::parse_duration(text.trim()).map_err(|e| e.to_string())?;
+        if value < min {
+            return Err(format!(
+                "must be at least {}",
+                humantime::format_duration(min)
+            ));
+        }
+        Ok(value)
+    }
+}
+
+fn origin(text: &str) -> Result<String, String> {
+    let origin = text.trim().trim_end_matches('/');
+    if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+        return Err(format!(
+            "{origin:?} is not an origin like https://example.com"
+        ));
+    }
+    Ok(origin.to_string())
+}
+
+fn proxy_block(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or a CIDR block like 10.0.0.0/8"))
+}
+
+fn jwt_secret(text: &str) -> Result<Secret, String> {
+    if text.len() < MIN_JWT_SECRET_BYTES {
+        return Err(format!(
+            "must be at least {MIN_JWT_SECRET_BYTES} bytes, got {}",
+            text.len()
+        ));
+    }
+    Ok(Secret(text.to_string()))
+}
+
+fn redis_url(text: &str) -> Result<Secret, String> {
+    if !["redis://", "rediss://", "unix://", "redis+unix://"]
+        .iter()
+        .any(|scheme| text.starts_with(scheme))
+    {
+        return Err("must be a URL like redis://127.0.0.1:6379".into());
+    }
+    Ok(Secret(text.to_string()))
+}
+
+fn as_string<S: Serializer, T: fmt::Display>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn as_strings<S: Serializer, T: fmt::Display>(list: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(list.iter().map(ToString::to_string))
+}
+
+impl AppSettings {
+    /// The rules that tie settings together (each setting's own bounds are
+    /// in its declaration).
+    fn check(&self) -> Result<(), String> {
+        if self.session_ttl > self.max_token_ttl {
+            return Err(format!(
+                "PULSE_SESSION_TTL ({}) may be at most PULSE_MAX_TOKEN_TTL ({})",
+                humantime::format_duration(self.session_ttl),
+                humantime::format_duration(self.max_token_ttl)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every setting's key (as `pulse config` prints it) and variable, as
+/// declared in [`AppSettings`].
+pub fn declared() -> Vec<(String, String)> {
+    Cli::command()
+        .get_arguments()
+        .filter_map(|arg| {
+            let var = arg.get_env()?.to_str()?.to_string();
+            Some((arg.get_long()?.to_string(), var))
+        })
+        .collect()
+}
+
+impl Cli {
+    /// Parses the command line and the `PULSE_*` variables; on a bad value,
+    /// says which variable (or flag) holds it, and exits with status 2.
+    pub fn from_env() -> Cli {
+        Cli::try_parse().unwrap_or_else(|e| {
+            let arg = match e.get(clap::error::ContextKind::InvalidArg) {
+                Some(clap::error::ContextValue::String(arg)) => arg.clone(),
+                _ => e.exit(),
+            };
+            let flag = arg.split_whitespace().next().unwrap_or_default();
+            let var = declared()
+                .into_iter()
+                .find(|(key, _)| flag == format!("--{key}"))
+                .map(|(_, var)| var);
+            let _ = e.print();
+            if let Some(var) = var {
+                eprintln!("pulse: the value comes from {var} or {flag}");
+            }
+            std::process::exit(2)
+        })
+    }
+}
+
+/// `PULSE_*` variables in the environment that are no setting (a typo, or a
+/// name from an older release), so that the server can say it ignores them.
+pub fn unknown_variables() -> Vec<String> {
+    let known: Vec<String> = declared().into_iter().map(|(_, var)| var).collect();
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with("PULSE_") && !known.contains(name))
+        .collect()
 }
 
 /// Everything the server needs to start.
@@ -268,230 +427,16 @@ pub struct Settings {
     pub leptos: LeptosOptions,
     /// The app's own settings.
     pub app: AppSettings,
-    /// The JWT secret, if one is configured (never printed).
-    pub jwt_secret: Option<String>,
-    /// Redis URL for scale-out, if configured (never printed: it may hold a password).
-    pub redis_url: Option<String>,
-}
-
-/// Shortest JWT secret accepted: HS256 wants a key as long as its hash.
-pub const MIN_JWT_SECRET_BYTES: usize = 32;
-
-impl AppSettings {
-    /// Period of the feed ticker.
-    pub fn feed_interval(&self) -> Duration {
-        Duration::from_millis(self.feed_interval_ms)
-    }
-
-    /// Period of the SSE keep-alive comment.
-    pub fn sse_keep_alive(&self) -> Duration {
-        Duration::from_secs(self.sse_keep_alive_s)
-    }
-
-    /// Graceful shutdown limit.
-    pub fn shutdown_timeout(&self) -> Duration {
-        Duration::from_secs(self.shutdown_timeout_s)
-    }
-
-    /// Lifetime of a sign-in session.
-    pub fn session_ttl(&self) -> Duration {
-        Duration::from_secs(self.session_ttl_s)
-    }
-
-    /// WebSocket ping period.
-    pub fn ws_ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ws_ping_interval_s)
-    }
-
-    /// With Redis: lifetime of an unrefreshed presence entry.
-    pub fn presence_ttl(&self) -> Duration {
-        Duration::from_secs(self.presence_ttl_s)
-    }
-
-    /// How long an empty non-default room is kept.
-    pub fn room_idle(&self) -> Duration {
-        Duration::from_secs(self.room_idle_s)
-    }
-
-    /// With Redis: lifetime of a room's history after its last message.
-    pub fn history_ttl(&self) -> Duration {
-        Duration::from_secs(self.history_ttl_s)
-    }
-
-    /// Time a client has to send a request head.
-    pub fn header_timeout(&self) -> Duration {
-        Duration::from_secs(self.header_timeout_s)
-    }
-
-    /// Time a kept-alive connection may sit with no request.
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_s)
-    }
-
-    /// Longest lifetime of a token.
-    pub fn max_token_ttl(&self) -> Duration {
-        Duration::from_secs(self.max_token_ttl_s)
-    }
-
-    /// Where `/metrics` is served; `None` when it is `off`.
-    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, String> {
-        match self.metrics_addr.trim() {
-            "off" => Ok(None),
-            addr => addr.parse().map(Some).map_err(|_| {
-                format!("metrics-addr (PULSE_METRICS_ADDR) must be host:port or off, got {addr:?}")
-            }),
-        }
-    }
-
-    /// The `[pulse]` table of `text` with `overrides` laid over it.
-    fn merged(text: &str, overrides: &Overrides) -> Result<Self, String> {
-        let mut file = toml::from_str::<toml::Table>(text)
-            .map_err(|e| format!("app settings ([pulse]): {e}"))?;
-        let Some(toml::Value::Table(table)) = file.get_mut("pulse") else {
-            return Err("app settings: Leptos.toml has no [pulse] table".into());
-        };
-        let overrides = toml::Table::try_from(overrides).map_err(|e| e.to_string())?;
-        table.extend(overrides);
-        let mut app = toml::Value::Table(table.clone())
-            .try_into::<AppSettings>()
-            .map_err(|e| format!("app settings ([pulse] and PULSE_*): {e}"))?;
-        app.allowed_origins = app
-            .allowed_origins
-            .iter()
-            .map(|o| o.trim().trim_end_matches('/').to_string())
-            .filter(|o| !o.is_empty())
-            .collect();
-        app.trusted_proxies = app
-            .trusted_proxies
-            .iter()
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect();
-        Ok(app)
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        if self.feed_interval_ms == 0 {
-            return Err("feed-interval-ms (PULSE_FEED_INTERVAL_MS) must be at least 1".into());
-        }
-        if self.feed_backlog < MIN_FEED_BACKLOG {
-            return Err(format!(
-                "feed-backlog (PULSE_FEED_BACKLOG) must be at least {MIN_FEED_BACKLOG}, got {}",
-                self.feed_backlog
-            ));
-        }
-        if self.sse_keep_alive_s == 0 {
-            return Err("sse-keep-alive-s (PULSE_SSE_KEEP_ALIVE_S) must be at least 1".into());
-        }
-        if self.session_ttl_s < 60 {
-            return Err("session-ttl-s (PULSE_SESSION_TTL_S) must be at least 60".into());
-        }
-        if self.rate_limit_per_min == 0 {
-            return Err("rate-limit-per-min (PULSE_RATE_LIMIT_PER_MIN) must be at least 1".into());
-        }
-        if self.max_rooms < DEFAULT_ROOMS.len() {
-            return Err(format!(
-                "max-rooms (PULSE_MAX_ROOMS) must be at least {}",
-                DEFAULT_ROOMS.len()
-            ));
-        }
-        if self.ws_ping_interval_s == 0 {
-            return Err("ws-ping-interval-s (PULSE_WS_PING_INTERVAL_S) must be at least 1".into());
-        }
-        if self.presence_ttl_s < 3 {
-            return Err("presence-ttl-s (PULSE_PRESENCE_TTL_S) must be at least 3".into());
-        }
-        if self.ws_queue_bytes < 64 * 1024 {
-            return Err(
-                "ws-queue-bytes (PULSE_WS_QUEUE_BYTES) must be at least 65536: a \
-                        room's join answer alone can be that large"
-                    .into(),
-            );
-        }
-        if self.rooms_per_user == 0 || self.history_ttl_s == 0 {
-            return Err("rooms-per-user and history-ttl-s (PULSE_ROOMS_PER_USER, \
-                        PULSE_HISTORY_TTL_S) must be at least 1"
-                .into());
-        }
-        if self.max_token_ttl_s < 60 {
-            return Err("max-token-ttl-s (PULSE_MAX_TOKEN_TTL_S) must be at least 60".into());
-        }
-        if self.session_ttl_s > self.max_token_ttl_s {
-            return Err(format!(
-                "session-ttl-s (PULSE_SESSION_TTL_S) must be at most max-token-ttl-s \
-                 (PULSE_MAX_TOKEN_TTL_S, {})",
-                self.max_token_ttl_s
-            ));
-        }
-        if self.signin_per_min == 0 {
-            return Err("signin-per-min (PULSE_SIGNIN_PER_MIN) must be at least 1".into());
-        }
-        if self.header_timeout_s == 0 || self.idle_timeout_s == 0 {
-            return Err(
-                "header-timeout-s and idle-timeout-s (PULSE_HEADER_TIMEOUT_S, \
-                 PULSE_IDLE_TIMEOUT_S) must be at least 1"
-                    .into(),
-            );
-        }
-        if self.max_connections_per_ip == 0 || self.max_sockets_per_user == 0 {
-            return Err(
-                "max-connections-per-ip and max-sockets-per-user (PULSE_MAX_CONNECTIONS_PER_IP, \
-                 PULSE_MAX_SOCKETS_PER_USER) must be at least 1"
-                    .into(),
-            );
-        }
-        TrustedProxies::parse(&self.trusted_proxies)?;
-        self.metrics_addr()?;
-        if let Some(bad) = self
-            .allowed_origins
-            .iter()
-            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
-        {
-            return Err(format!(
-                "allowed-origins (PULSE_ALLOWED_ORIGINS): {bad:?} is not an origin like https://example.com"
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl Settings {
-    /// Reads the embedded Leptos.toml, then `LEPTOS_*` variables, then the
-    /// overrides (flags and `PULSE_*` variables, already merged by clap).
-    pub fn load(overrides: &Overrides) -> Result<Self, String> {
-        Self::from_str(EMBEDDED_CONFIG, overrides)
-    }
-
-    /// Like [`Settings::load`], from the text of a Leptos.toml.
-    pub fn from_str(text: &str, overrides: &Overrides) -> Result<Self, String> {
-        let leptos = leptos::config::get_config_from_str(text)
-            .map_err(|e| format!("site settings ([package.metadata.leptos], LEPTOS_*): {e}"))?;
-        let app = AppSettings::merged(text, overrides)?;
-        app.validate()?;
-        let jwt_secret = overrides.jwt_secret.clone().filter(|s| !s.is_empty());
-        if let Some(secret) = &jwt_secret {
-            if secret.len() < MIN_JWT_SECRET_BYTES {
-                return Err(format!(
-                    "PULSE_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes, got {}",
-                    secret.len()
-                ));
-            }
-        }
-        let redis_url = overrides.redis_url.clone().filter(|s| !s.is_empty());
-        if let Some(url) = &redis_url {
-            if !["redis://", "rediss://", "unix://", "redis+unix://"]
-                .iter()
-                .any(|scheme| url.starts_with(scheme))
-            {
-                return Err("PULSE_REDIS_URL must be a URL like redis://127.0.0.1:6379".into());
-            }
-        }
-        Ok(Settings {
-            leptos,
-            app,
-            jwt_secret,
-            redis_url,
-        })
+    /// The site settings (embedded Leptos.toml, then `LEPTOS_*` variables)
+    /// with `app`, once the rules between settings hold.
+    pub fn new(app: AppSettings) -> Result<Self, String> {
+        app.check()?;
+        let leptos = leptos::config::get_config_from_str(EMBEDDED_CONFIG)
+            .map_err(|e| format!("site settings (LEPTOS_*): {e}"))?;
+        Ok(Settings { leptos, app })
     }
 }
 
@@ -499,28 +444,60 @@ impl Settings {
 mod tests {
     use super::*;
 
-    #[test]
-    fn embedded_file_parses_with_its_defaults() {
-        let s = Settings::from_str(EMBEDDED_CONFIG, &Overrides::default()).expect("valid");
-        assert_eq!(s.app.feed_interval_ms, 1000);
-        assert!(s.app.feed_backlog >= MIN_FEED_BACKLOG);
-        assert_eq!(&*s.leptos.output_name, "pulse");
+    fn parse(args: &[&str]) -> Result<AppSettings, String> {
+        let cli = Cli::try_parse_from(std::iter::once("pulse").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Settings::new(cli.app).map(|s| s.app)
     }
 
     #[test]
-    fn overrides_win_and_are_validated() {
-        let o = Overrides {
-            feed_interval_ms: Some(50),
-            ..Default::default()
-        };
-        let s = Settings::from_str(EMBEDDED_CONFIG, &o).expect("valid");
-        assert_eq!(s.app.feed_interval_ms, 50);
+    fn defaults_are_declared_and_valid() {
+        let app = parse(&[]).expect("defaults are valid");
+        assert_eq!(app.feed_interval, Duration::from_secs(1));
+        assert_eq!(app.feed_backlog, 256);
+        assert_eq!(app.metrics_addr, Endpoint("127.0.0.1:9100".parse().ok()));
+        assert!(app.jwt_secret.is_none());
+        let printed = toml::to_string(&app).expect("prints");
+        assert!(printed.contains("feed-interval = \"1s\""), "{printed}");
+        assert!(printed.contains("history-ttl = \"7days\""), "{printed}");
+    }
 
-        let bad = Overrides {
-            feed_backlog: Some(3),
-            ..Default::default()
-        };
-        let err = Settings::from_str(EMBEDDED_CONFIG, &bad).unwrap_err();
-        assert!(err.contains("PULSE_FEED_BACKLOG"), "{err}");
+    #[test]
+    fn flags_override_and_bounds_hold() {
+        let app = parse(&["--feed-interval", "50ms", "--metrics-addr", "off"]).expect("valid");
+        assert_eq!(app.feed_interval, Duration::from_millis(50));
+        assert_eq!(app.metrics_addr, Endpoint(None));
+
+        let err = parse(&["--feed-backlog", "3"]).unwrap_err();
+        assert!(err.contains("--feed-backlog"), "{err}");
+        let err = parse(&["--session-ttl", "10s"]).unwrap_err();
+        assert!(err.contains("at least 1m"), "{err}");
+        let err = parse(&["--session-ttl", "2d"]).unwrap_err();
+        assert!(err.contains("PULSE_MAX_TOKEN_TTL"), "{err}");
+        assert!(parse(&["--trusted-proxies", "10.0.0.0/33"]).is_err());
+        assert!(parse(&["--trusted-proxies", "proxy.local"]).is_err());
+        let app = parse(&["--trusted-proxies", "::1,192.168.0.0/16"]).expect("valid");
+        assert_eq!(app.trusted_proxies.len(), 2);
+        assert!(parse(&["--jwt-secret", "short"]).is_err());
+        assert!(parse(&["--allowed-origins", "example.com"]).is_err());
+        let app = parse(&["--allowed-origins", "https://a.example/"]).expect("valid");
+        assert_eq!(app.allowed_origins, ["https://a.example"]);
+    }
+
+    #[test]
+    fn every_field_is_a_setting_with_a_variable() {
+        let declared = declared();
+        let printed = toml::Table::try_from(parse(&[]).expect("valid")).expect("a table");
+        // Every printed key is declared, and only the two secrets are not printed.
+        for key in printed.keys() {
+            assert!(declared.iter().any(|(k, _)| k == key), "{key} is declared");
+        }
+        assert_eq!(declared.len(), printed.len() + 2, "{declared:?}");
+        for (key, var) in declared {
+            assert_eq!(
+                var,
+                format!("PULSE_{}", key.to_uppercase().replace('-', "_"))
+            );
+        }
     }
 }

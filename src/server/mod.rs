@@ -62,19 +62,16 @@ pub async fn run(
     let app = &settings.app;
     let tasks = TaskTracker::new();
 
-    let feed = Arc::new(Feed::new(
-        app.feed_backlog,
-        Duration::from_millis(app.sse_retry_ms),
-    ));
+    let feed = Arc::new(Feed::new(app.feed_backlog, app.sse_retry));
     tasks.spawn(feed::run_ticker(
         feed.clone(),
-        app.feed_interval(),
-        app.sse_keep_alive(),
+        app.feed_interval,
+        app.sse_keep_alive,
         shutdown.clone(),
     ));
 
-    let secret = match &settings.jwt_secret {
-        Some(secret) => secret.as_bytes().to_vec(),
+    let secret = match &app.jwt_secret {
+        Some(secret) => secret.expose().as_bytes().to_vec(),
         None => {
             tracing::warn!(
                 "PULSE_JWT_SECRET is not set: using a random secret, so sessions and tokens \
@@ -85,13 +82,13 @@ pub async fn run(
     };
     let auth = Arc::new(Auth::new(
         &secret,
-        app.session_ttl(),
-        app.max_token_ttl(),
+        app.session_ttl,
+        app.max_token_ttl,
         app.signin_per_min,
     ));
-    let (broker, bus) = match &settings.redis_url {
+    let (broker, bus) = match &app.redis_url {
         Some(url) => {
-            let (broker, bus) = Broker::redis(url, app.presence_ttl(), app.history_ttl())
+            let (broker, bus) = Broker::redis(url.expose(), app.presence_ttl, app.history_ttl)
                 .map_err(std::io::Error::other)?;
             (broker, Some(bus))
         }
@@ -111,7 +108,7 @@ pub async fn run(
         });
         tasks.spawn(bus.run(sink, shutdown.clone()));
     }
-    let upkeep = UPKEEP_PERIOD.min(app.room_idle().max(Duration::from_secs(1)));
+    let upkeep = UPKEEP_PERIOD.min(app.room_idle.max(Duration::from_secs(1)));
     tasks.spawn(chat.clone().run_upkeep(upkeep));
     let notifier = Arc::new(Notifier {
         feed: feed.clone(),
@@ -123,9 +120,9 @@ pub async fn run(
     let limits = Limits {
         max_connections: app.max_connections,
         max_per_ip: app.max_connections_per_ip,
-        header_timeout: app.header_timeout(),
-        idle_timeout: app.idle_timeout(),
-        proxies: TrustedProxies::parse(&app.trusted_proxies).map_err(std::io::Error::other)?,
+        header_timeout: app.header_timeout,
+        idle_timeout: app.idle_timeout,
+        proxies: TrustedProxies::new(app.trusted_proxies.clone()),
     };
     if let Some((tcp, handle)) = metrics {
         let limits = Limits {

@@ -41,6 +41,8 @@ pub struct Server {
     pub url: String,
     /// `http://127.0.0.1:PORT/metrics` on the metrics listener, if it runs.
     pub metrics_url: Option<String>,
+    /// Log lines written before the server listened, not yet awaited.
+    early: Vec<String>,
     /// Log lines the process writes.
     pub logs: mpsc::UnboundedReceiver<String>,
 }
@@ -84,9 +86,11 @@ impl Server {
             }
         });
         // The metrics listener's address is logged before the public one.
+        let mut early = Vec::new();
         let (url, metrics_url) = tokio::time::timeout(WAIT, async {
             let mut metrics_url = None;
             while let Some(line) = logs.recv().await {
+                early.push(line.clone());
                 if let Some(url) = url_after(&line, "metrics on ") {
                     metrics_url = Some(url);
                 }
@@ -102,6 +106,7 @@ impl Server {
             child,
             url,
             metrics_url,
+            early,
             logs,
         }
     }
@@ -281,6 +286,9 @@ impl Server {
 
     /// Waits until the server logs a line containing `needle`; returns it.
     pub async fn wait_log(&mut self, needle: &str) -> String {
+        if let Some(at) = self.early.iter().position(|line| line.contains(needle)) {
+            return self.early.remove(at);
+        }
         tokio::time::timeout(WAIT, async {
             while let Some(line) = self.logs.recv().await {
                 if line.contains(needle) {

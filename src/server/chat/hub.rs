@@ -766,7 +766,7 @@ mod tests {
         assert!(!rooms.by_name.contains_key("lonely"));
         assert!(
             rooms.by_name.contains_key("visited"),
-            "kept for PULSE_ROOM_IDLE_S"
+            "kept for PULSE_ROOM_IDLE"
         );
     }
 

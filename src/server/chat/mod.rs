@@ -85,7 +85,7 @@ impl Chat {
         Chat {
             hub: Hub::new(
                 app.max_rooms,
-                app.room_idle(),
+                app.room_idle,
                 app.rooms_per_user,
                 broker.clone(),
             ),
@@ -96,7 +96,7 @@ impl Chat {
             sessions: Mutex::new(HashMap::new()),
             sockets_per_user: KeyedCounter::new(app.max_sockets_per_user),
             allowed_origins: app.allowed_origins.clone(),
-            ping_interval: app.ws_ping_interval(),
+            ping_interval: app.ws_ping_interval,
             queue_bytes: app.ws_queue_bytes,
             next_id: AtomicU64::new(1),
             shutdown,
