@@ -60,8 +60,10 @@ pub async fn current_session() -> Result<SessionInfo, ServerFnError> {
 #[server(endpoint = "sign_in")]
 pub async fn sign_in(name: String) -> Result<Session, ServerFnError> {
     use axum::http::StatusCode;
-    let chat = server::chat()?;
-    if let Err(wait) = chat.auth.check_sign_in(server::client_ip()) {
+    if let Err(wait) = server::sessions()?
+        .auth()
+        .check_sign_in(server::client_ip())
+    {
         crate::server::metrics::refused("signin");
         server::set_status(StatusCode::TOO_MANY_REQUESTS);
         server::set_retry_after(wait);
@@ -95,7 +97,7 @@ pub async fn renew_session() -> Result<Session, ServerFnError> {
 #[server(endpoint = "sign_out")]
 pub async fn sign_out() -> Result<(), ServerFnError> {
     if let Ok(claims) = server::claims().await {
-        server::chat()?.revoke_session(&claims.sid, claims.exp);
+        server::sessions()?.sign_out(&claims.sid, claims.exp);
     }
     server::set_cookie(&crate::server::auth::Auth::clear_cookie(server::is_https()));
     Ok(())
@@ -112,12 +114,12 @@ mod server {
 
     use super::Session;
     use crate::server::auth::{cookie_token, Auth, Claims};
-    use crate::server::chat::Chat;
     use crate::server::listener::Admitted;
+    use crate::server::sessions::Sessions;
 
-    /// The chat service: tokens, revocation, the bus.
-    pub fn chat() -> Result<Arc<Chat>, ServerFnError> {
-        use_context::<Arc<Chat>>().ok_or_else(|| ServerFnError::new("sign-in is not available"))
+    /// The sessions service: tokens and sign-outs.
+    pub fn sessions() -> Result<Arc<Sessions>, ServerFnError> {
+        use_context::<Arc<Sessions>>().ok_or_else(|| ServerFnError::new("sign-in is not available"))
     }
 
     fn parts() -> Option<axum::http::request::Parts> {
@@ -126,10 +128,10 @@ mod server {
 
     /// The valid, unrevoked claims of the request's session cookie.
     pub async fn claims() -> Result<Claims, String> {
-        let chat = chat().map_err(|e| e.to_string())?;
+        let sessions = sessions().map_err(|e| e.to_string())?;
         let headers = parts().map(|p| p.headers).unwrap_or_default();
         let token = cookie_token(&headers).ok_or("not signed in")?;
-        chat.verify_session(&token).await.map_err(|e| e.to_string())
+        sessions.verify(&token).await.map_err(|e| e.to_string())
     }
 
     /// The client's address, as the listener resolved it.
@@ -177,7 +179,8 @@ mod server {
     /// Issues a token for user `id` called `name` in session `sid`, and
     /// stores it in the session cookie.
     pub fn start_session(id: &str, name: &str, sid: &str) -> Result<Session, ServerFnError> {
-        let auth = &chat()?.auth;
+        let sessions = sessions()?;
+        let auth = sessions.auth();
         let (token, expires_at) = auth
             .issue(id, name, sid, auth.session_ttl)
             .map_err(ServerFnError::new)?;

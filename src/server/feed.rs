@@ -22,6 +22,7 @@ use tokio::time::{interval, interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{FeedEvent, FeedItem, LAST_EVENT_ID_PARAM};
+use crate::server::bus::{BusEvent, Incoming};
 use crate::server::clock::now_ms;
 use crate::server::metrics;
 
@@ -226,11 +227,12 @@ fn encode(event: &FeedEvent) -> String {
     serde_json::to_string(event).unwrap_or_else(|_| String::from("{}"))
 }
 
-/// Runs the feed's one ticker until `shutdown`: an update every `period` and a
-/// keep-alive comment every `keep_alive`, for all streams at once (no timer per
-/// connection).
-pub async fn run_ticker(
+/// Runs the feed until `shutdown`: one ticker (an update every `period` and a
+/// keep-alive comment every `keep_alive`, for all streams at once, no timer
+/// per connection), and the notifications other instances publish.
+pub async fn run(
     feed: Arc<Feed>,
+    mut incoming: Incoming,
     period: Duration,
     keep_alive: Duration,
     shutdown: CancellationToken,
@@ -247,6 +249,13 @@ pub async fn run_ticker(
                 feed.publish(FeedEvent::Update { timestamp: now_ms(), value: fastrand::f64() });
             }
             _ = keep_alives.tick() => feed.keep_alive(),
+            event = incoming.recv() => match event.as_deref() {
+                Some(BusEvent::Feed { event, id }) => {
+                    feed.publish_remote(event.clone(), *id);
+                }
+                Some(_) => {}
+                None => break,
+            },
         }
     }
 }

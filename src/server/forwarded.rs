@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn the_rightmost_untrusted_forwarded_address_is_the_client() {
-        let p = proxies(&["10.0.0.0/8", "127.0.0.1"]);
+        let p = proxies(&["10.0.0.0/8", "127.0.0.1/32"]);
         // The client wrote "1.1.1.1" itself; nginx appended the real peer.
         let h = headers(&[
             ("x-forwarded-for", "1.1.1.1, 198.51.100.4"),

@@ -18,9 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{shell, App};
 use crate::protocol::{FEED_PATH, NOTIFICATIONS_PATH, STATS_PATH, WS_PATH};
+use crate::server::bus::{Bus, BusStatus};
 use crate::server::chat::{self, Chat};
 use crate::server::feed::{self, Feed, FeedState};
 use crate::server::notify::{self, Notifier};
+use crate::server::sessions::Sessions;
 use crate::server::stats::{self, StatsState};
 use crate::server::{assets, metrics, security};
 
@@ -31,8 +33,12 @@ pub struct AppState {
     pub leptos_options: LeptosOptions,
     /// The live feed.
     pub feed: Arc<Feed>,
-    /// Chat rooms and the WebSocket endpoint's settings.
+    /// Chat rooms and the WebSocket endpoint.
     pub chat: Arc<Chat>,
+    /// Tokens and sign-outs (for server functions).
+    pub sessions: Arc<Sessions>,
+    /// The other instances (for readiness).
+    pub bus: Bus,
     /// Publishes notifications into the feed.
     pub notifier: Arc<Notifier>,
     /// The dashboard's latest figures.
@@ -97,14 +103,14 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// What server functions and server-side rendering reach through Leptos
-/// context: the feed, the chat service (tokens, sessions) and notifications.
+/// context: the feed, sessions and notifications.
 fn server_context(state: &AppState) -> impl Fn() + Clone + Send + Sync + 'static {
     let feed = state.feed.clone();
-    let chat = state.chat.clone();
+    let sessions = state.sessions.clone();
     let notifier = state.notifier.clone();
     move || {
         provide_context(feed.clone());
-        provide_context(chat.clone());
+        provide_context(sessions.clone());
         provide_context(notifier.clone());
     }
 }
@@ -125,11 +131,11 @@ async fn fallback(State(state): State<AppState>, req: Request<Body>) -> Response
 }
 
 /// `GET /readyz`: whether this instance should get traffic: not while it
-/// drains at shutdown.
+/// drains at shutdown, nor while it cannot reach the other instances.
 async fn ready(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
-    } else if state.chat.broker.connected() == Some(false) {
+    } else if state.bus.status() == BusStatus::Down {
         (StatusCode::SERVICE_UNAVAILABLE, "broker disconnected").into_response()
     } else {
         "ready".into_response()

@@ -39,6 +39,8 @@ pub const BROKER_CONNECTED: &str = "pulse_broker_connected";
 pub const BROKER_PUBLISH_SECONDS: &str = "pulse_broker_publish_seconds";
 /// Broker commands dropped because the broker was down or too slow.
 pub const BROKER_DROPPED: &str = "pulse_broker_dropped_total";
+/// Events from other instances a local service fell too far behind to get.
+pub const BUS_EVENTS_MISSED: &str = "pulse_bus_events_missed_total";
 
 /// The figures the dashboard shows, kept beside the recorder's copies so they
 /// can be read back (a metrics recorder is write-only). Both are updated by the
@@ -158,6 +160,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         BROKER_DROPPED,
         "Broker commands dropped while it was down or slow."
     );
+    metrics::describe_counter!(
+        BUS_EVENTS_MISSED,
+        "Events from other instances a local service fell too far behind to get."
+    );
     Ok(handle)
 }
 
@@ -258,4 +264,9 @@ pub fn broker_publish_latency(d: std::time::Duration) {
 /// A broker command was dropped.
 pub fn broker_dropped() {
     counter!(BROKER_DROPPED).increment(1);
+}
+
+/// A local service missed `n` events from other instances.
+pub fn bus_events_missed(n: u64) {
+    counter!(BUS_EVENTS_MISSED).increment(n);
 }

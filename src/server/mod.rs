@@ -4,17 +4,20 @@
 pub mod admission;
 pub mod assets;
 pub mod auth;
-pub mod broker;
+pub mod bus;
 pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod feed;
 pub mod forwarded;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod presence;
 pub mod security;
+pub mod sessions;
 pub mod shutdown;
 pub mod stats;
 pub mod text;
@@ -27,19 +30,21 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::protocol::Member;
 use auth::Auth;
-use broker::{Broker, BusEvent, Sink};
-use chat::Chat;
+use bus::Bus;
+use chat::{Chat, ChatParts};
 use config::Settings;
 use feed::Feed;
 use forwarded::TrustedProxies;
 use http::AppState;
+use limits::RateLimits;
 use listener::{Limits, Listener};
 use notify::Notifier;
+use presence::Presence;
+use sessions::Sessions;
 
-/// Period of the chat upkeep (idle rooms, rate-limit state).
-const UPKEEP_PERIOD: Duration = Duration::from_secs(10);
+/// Period of the chat's sweep (idle rooms, rate-limit state).
+const SWEEP_PERIOD: Duration = Duration::from_secs(10);
 
 /// Connections the metrics listener serves at once (scrapers and operators).
 const METRICS_CONNECTIONS: usize = 64;
@@ -62,9 +67,16 @@ pub async fn run(
     let app = &settings.app;
     let tasks = TaskTracker::new();
 
+    let bus = match &app.redis_url {
+        Some(url) => Bus::redis(url.expose(), app.history_ttl).map_err(std::io::Error::other)?,
+        None => Bus::local(),
+    };
+    tasks.spawn(bus.clone().run(shutdown.clone()));
+
     let feed = Arc::new(Feed::new(app.feed_backlog, app.sse_retry));
-    tasks.spawn(feed::run_ticker(
+    tasks.spawn(feed::run(
         feed.clone(),
+        bus.subscribe(),
         app.feed_interval,
         app.sse_keep_alive,
         shutdown.clone(),
@@ -86,36 +98,32 @@ pub async fn run(
         app.max_token_ttl,
         app.signin_per_min,
     ));
-    let (broker, bus) = match &app.redis_url {
-        Some(url) => {
-            let (broker, bus) = Broker::redis(url.expose(), app.presence_ttl, app.history_ttl)
-                .map_err(std::io::Error::other)?;
-            (broker, Some(bus))
-        }
-        None => (Broker::local(), None),
-    };
+    let sessions = Arc::new(Sessions::new(auth, bus.clone()));
+    tasks.spawn(sessions.clone().run(bus.subscribe(), shutdown.clone()));
+
+    let rates = Arc::new(RateLimits::new(app.rate_limit_per_min));
     let chat = Arc::new(Chat::new(
         app,
-        auth,
-        broker.clone(),
-        shutdown.clone(),
-        tasks.clone(),
+        ChatParts {
+            bus: bus.clone(),
+            presence: Presence::new(&bus, app.presence_ttl),
+            sessions: sessions.clone(),
+            limits: rates.clone(),
+            shutdown: shutdown.clone(),
+            sockets: tasks.clone(),
+        },
     ));
-    if let Some(bus) = bus {
-        let sink = Arc::new(BusSink {
-            chat: chat.clone(),
-            feed: feed.clone(),
-        });
-        tasks.spawn(bus.run(sink, shutdown.clone()));
-    }
-    let upkeep = UPKEEP_PERIOD.min(app.room_idle.max(Duration::from_secs(1)));
-    tasks.spawn(chat.clone().run_upkeep(upkeep));
+    let sweep = SWEEP_PERIOD.min(app.room_idle.max(Duration::from_secs(1)));
+    tasks.spawn(chat.clone().run(bus.subscribe(), sweep));
+
     let notifier = Arc::new(Notifier {
         feed: feed.clone(),
-        chat: chat.clone(),
+        bus: bus.clone(),
+        sessions: sessions.clone(),
+        limits: rates,
     });
-    let (stats_tx, stats_rx) = stats::channel(&broker);
-    tasks.spawn(stats::run_sampler(stats_tx, broker, shutdown.clone()));
+    let (stats_tx, stats_rx) = stats::channel(&bus);
+    tasks.spawn(stats::run_sampler(stats_tx, bus.clone(), shutdown.clone()));
 
     let limits = Limits {
         max_connections: app.max_connections,
@@ -139,6 +147,8 @@ pub async fn run(
         leptos_options: settings.leptos.clone(),
         feed,
         chat,
+        sessions,
+        bus,
         notifier,
         stats: stats_rx,
         shutdown: shutdown.clone(),
@@ -156,31 +166,4 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     Ok(())
-}
-
-/// Delivers what other instances publish into this one.
-struct BusSink {
-    /// Rooms and sessions.
-    chat: Arc<Chat>,
-    /// The live feed.
-    feed: Arc<Feed>,
-}
-
-impl Sink for BusSink {
-    fn deliver(&self, event: BusEvent) {
-        match event {
-            BusEvent::Room { room, msg } => self.chat.hub.deliver_remote(&room, &msg),
-            BusEvent::Feed { event, id } => {
-                self.feed.publish_remote(event, id);
-            }
-            BusEvent::Revoked { sid, exp } => {
-                self.chat.auth.revoke(&sid, exp);
-                self.chat.close_session(&sid);
-            }
-        }
-    }
-
-    fn local_presence(&self) -> Vec<(String, Member)> {
-        self.chat.hub.local_presence()
-    }
 }

@@ -15,19 +15,24 @@ use serde_json::json;
 
 use crate::protocol::{ErrorCode, FeedEvent};
 use crate::server::auth::{bearer_token, cookie_token};
-use crate::server::broker::BusEvent;
-use crate::server::chat::{too_many_messages, Chat};
+use crate::server::bus::{Bus, BusEvent};
 use crate::server::clock::now_ms;
 use crate::server::feed::Feed;
+use crate::server::limits::{too_many_messages, RateLimits};
 use crate::server::metrics;
+use crate::server::sessions::Sessions;
 use crate::server::text;
 
 /// Publishes notifications into the feed.
 pub struct Notifier {
-    /// Where they go.
+    /// Where they go on this instance.
     pub feed: Arc<Feed>,
-    /// Tokens and the per-user message rate limit.
-    pub chat: Arc<Chat>,
+    /// Where they go for the other instances.
+    pub bus: Bus,
+    /// Checks tokens.
+    pub sessions: Arc<Sessions>,
+    /// The per-user message rate, shared with chat.
+    pub limits: Arc<RateLimits>,
 }
 
 /// A published notification.
@@ -74,7 +79,7 @@ impl Notifier {
             metrics::invalid_message();
             NotifyError::Invalid(why)
         })?;
-        if let Err(wait) = self.chat.check_message_rate(&Arc::from(user_id)) {
+        if let Err(wait) = self.limits.message(&Arc::from(user_id)) {
             metrics::rate_limited();
             return Err(NotifyError::RateLimited(wait));
         }
@@ -87,7 +92,7 @@ impl Notifier {
             timestamp: now_ms(),
         };
         let event_id = self.feed.publish(event.clone());
-        self.chat.broker.publish(BusEvent::Feed {
+        self.bus.publish(BusEvent::Feed {
             event,
             id: event_id,
         });
@@ -103,8 +108,8 @@ impl Notifier {
         let token = cookie_token(headers)
             .ok_or_else(|| NotifyError::Unauthorized("sign in to publish".into()))?;
         let claims = self
-            .chat
-            .verify_session(&token)
+            .sessions
+            .verify(&token)
             .await
             .map_err(|e| NotifyError::Unauthorized(e.to_string()))?;
         self.publish(&claims.sub, &claims.name, text)
@@ -135,7 +140,7 @@ pub async fn post(
             "send Authorization: Bearer <token>".into(),
         ));
     };
-    let claims = match notifier.chat.verify_session(&token).await {
+    let claims = match notifier.sessions.verify(&token).await {
         Ok(claims) => claims,
         Err(e) => return refuse(NotifyError::Unauthorized(e.to_string())),
     };

@@ -14,7 +14,7 @@ use tokio::time::{interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::Stats;
-use crate::server::broker::Broker;
+use crate::server::bus::Bus;
 use crate::server::clock::now_ms;
 use crate::server::feed::sse_response;
 use crate::server::metrics;
@@ -32,16 +32,16 @@ pub struct StatsState {
 }
 
 /// A channel holding the first sample.
-pub fn channel(broker: &Broker) -> (watch::Sender<Stats>, watch::Receiver<Stats>) {
+pub fn channel(bus: &Bus) -> (watch::Sender<Stats>, watch::Receiver<Stats>) {
     let now = metrics::snapshot();
-    watch::channel(sample(&now, &now, PERIOD, broker))
+    watch::channel(sample(&now, &now, PERIOD, bus))
 }
 
 fn sample(
     prev: &metrics::Snapshot,
     now: &metrics::Snapshot,
     elapsed: Duration,
-    broker: &Broker,
+    bus: &Bus,
 ) -> Stats {
     let secs = elapsed.as_secs_f64().max(1e-3);
     Stats {
@@ -50,12 +50,12 @@ fn sample(
         ws: now.open_ws,
         received_per_s: now.received.saturating_sub(prev.received) as f64 / secs,
         delivered_per_s: now.delivered.saturating_sub(prev.delivered) as f64 / secs,
-        broker: broker.describe(),
+        broker: bus.describe().to_string(),
     }
 }
 
 /// Samples the counters every [`PERIOD`] until `shutdown`.
-pub async fn run_sampler(tx: watch::Sender<Stats>, broker: Broker, shutdown: CancellationToken) {
+pub async fn run_sampler(tx: watch::Sender<Stats>, bus: Bus, shutdown: CancellationToken) {
     let mut tick = interval(PERIOD);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut prev = metrics::snapshot();
@@ -67,7 +67,7 @@ pub async fn run_sampler(tx: watch::Sender<Stats>, broker: Broker, shutdown: Can
         }
         let now = metrics::snapshot();
         let at = tokio::time::Instant::now();
-        tx.send_replace(sample(&prev, &now, at - prev_at, &broker));
+        tx.send_replace(sample(&prev, &now, at - prev_at, &bus));
         (prev, prev_at) = (now, at);
     }
 }

@@ -17,12 +17,11 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
 use super::hub::{error, rate_limited, ConnId, Outbox, Queue, User};
-use super::{too_many_messages, Chat};
+use super::Chat;
 use crate::protocol::{
     ClientMessage, ErrorCode, ServerMessage, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,
     CLOSE_PING_TIMEOUT, CLOSE_PROTOCOL_ERROR, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_TOO_SLOW,
@@ -30,8 +29,10 @@ use crate::protocol::{
 };
 use crate::server::admission::Slot;
 use crate::server::clock::now_secs;
+use crate::server::limits::too_many_messages;
 use crate::server::listener::Admission;
 use crate::server::metrics::{self, Transport};
+use crate::server::sessions::SessionHold;
 use crate::server::text;
 
 /// How long the writer may take to send the last frames and the close.
@@ -68,7 +69,7 @@ pub fn run(
     chat: Arc<Chat>,
     id: ConnId,
     user: User,
-    sid: &str,
+    session: SessionHold,
     expires_at: u64,
     places: Places,
 ) -> impl Future<Output = ()> + Send {
@@ -79,7 +80,6 @@ pub fn run(
     let (sink, stream) = socket.split();
     let (outbox, queue) = Outbox::new(chat.queue_bytes);
     let writer = tokio::spawn(write_loop(sink, queue).in_current_span());
-    let (session, signed_out) = chat.track_session(sid);
     let reader = Reader {
         _open: chat.sockets.token(),
         _places: places,
@@ -87,7 +87,6 @@ pub fn run(
         id,
         user,
         session,
-        signed_out,
         expires_at,
         stream,
         outbox,
@@ -130,10 +129,9 @@ struct Reader {
     id: ConnId,
     /// The authenticated user (the token's `sub` and `name`).
     user: User,
-    /// Its sign-in session (the token's `sid`), shared with its other sockets.
-    session: Arc<str>,
-    /// Cancelled when that session is signed out.
-    signed_out: CancellationToken,
+    /// Its sign-in session (the token's `sid`), shared with its other
+    /// sockets; signals when the session is signed out.
+    session: SessionHold,
     /// When the token expires (Unix seconds): the connection closes then.
     expires_at: u64,
     /// Frames from the client.
@@ -154,7 +152,6 @@ async fn serve(reader: Reader) {
         id,
         user,
         session,
-        signed_out,
         expires_at,
         mut stream,
         outbox,
@@ -176,7 +173,7 @@ async fn serve(reader: Reader) {
             _ = chat.shutdown.cancelled() => break End::Close(CLOSE_GOING_AWAY, "server shutting down"),
             _ = outbox.too_slow().cancelled() => break End::Close(CLOSE_TOO_SLOW, "too slow: outbound queue full"),
             _ = &mut expiry => break End::Close(CLOSE_TOKEN_EXPIRED, "token expired"),
-            _ = signed_out.cancelled() => break End::Close(CLOSE_TOKEN_EXPIRED, "signed out"),
+            _ = session.signed_out.cancelled() => break End::Close(CLOSE_TOKEN_EXPIRED, "signed out"),
             _ = ping.tick() => {
                 if !heard_since_ping {
                     break End::Close(CLOSE_PING_TIMEOUT, "no answer to ping");
@@ -210,7 +207,7 @@ async fn serve(reader: Reader) {
     };
 
     chat.hub.disconnect(id, &joined);
-    chat.untrack_session(&session);
+    drop(session);
     let slow = outbox.too_slow().is_cancelled();
     if let End::Close(code, reason) = end {
         tracing::debug!(code, reason, "closing");
@@ -277,29 +274,15 @@ async fn handle(
                 ));
                 return;
             }
-            if let Err(wait) = chat.check_room_change_rate(&user.id) {
+            if let Err(wait) = chat.limits.room_change(&user.id) {
                 outbox.send(&too_many(wait));
                 return;
             }
-            // With several instances, history and members come from Redis.
-            // Boxed: the Redis round trip's state is large, and inline it
-            // would be part of every idle connection's task for its lifetime.
-            let shared = if chat.broker.is_redis() && crate::protocol::is_valid_room(&room) {
-                Box::pin(chat.broker.room_snapshot(&room, &user.member())).await
-            } else {
-                None
-            };
-            let marked_present = shared.is_some();
-            match chat.hub.join(id, user, outbox, &room, shared) {
+            match chat.join(id, user, outbox, &room).await {
                 Ok(()) => {
                     joined.insert(room);
                 }
                 Err(e) => {
-                    // The room could not be created here, so none of this
-                    // user's connections is in it: undo the snapshot's mark.
-                    if marked_present {
-                        chat.broker.presence(&room, &user.member(), false);
-                    }
                     outbox.send(&e);
                 }
             }
@@ -309,7 +292,7 @@ async fn handle(
                 outbox.send(&not_in_room(&room));
                 return;
             }
-            if let Err(wait) = chat.check_room_change_rate(&user.id) {
+            if let Err(wait) = chat.limits.room_change(&user.id) {
                 outbox.send(&too_many(wait));
                 return;
             }
@@ -329,12 +312,12 @@ async fn handle(
                 outbox.send(&not_in_room(&room));
                 return;
             }
-            if let Err(wait) = chat.check_message_rate(&user.id) {
+            if let Err(wait) = chat.limits.message(&user.id) {
                 metrics::rate_limited();
                 outbox.send(&too_many(wait));
                 return;
             }
-            chat.hub.say(id, user, &room, text);
+            chat.say(id, user, &room, text);
         }
     }
 }

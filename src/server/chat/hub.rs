@@ -28,7 +28,6 @@ use crate::protocol::{
     is_valid_room, ChatMessage, ErrorCode, Member, ServerMessage, DEFAULT_ROOMS, HISTORY_LEN,
     MAX_ROOM_NAME,
 };
-use crate::server::broker::{Broker, BusEvent};
 use crate::server::clock::now_ms;
 use crate::server::metrics;
 
@@ -303,21 +302,14 @@ pub struct Hub {
     room_idle: Duration,
     /// Rooms each user may create, per hour.
     creations: DefaultKeyedRateLimiter<Arc<str>>,
-    /// Other instances (a no-op with one instance).
-    broker: Broker,
 }
 
-/// A room's history and members across instances, read from the broker.
+/// A room's history and members across instances, read from Redis.
 pub type Snapshot = (Vec<ChatMessage>, Vec<Member>);
 
 impl Hub {
     /// A hub with the default rooms.
-    pub fn new(
-        max_rooms: usize,
-        room_idle: Duration,
-        rooms_per_user_per_hour: u32,
-        broker: Broker,
-    ) -> Self {
+    pub fn new(max_rooms: usize, room_idle: Duration, rooms_per_user_per_hour: u32) -> Self {
         let by_name = DEFAULT_ROOMS
             .iter()
             .map(|name| (name.to_string(), Room::default()))
@@ -332,7 +324,6 @@ impl Hub {
             max_rooms,
             room_idle,
             creations: RateLimiter::keyed(Quota::per_hour(per_hour)),
-            broker,
         }
     }
 
@@ -473,18 +464,19 @@ impl Hub {
             r.pending
                 .insert(gone.user.id.clone(), (gone.user.member(), false));
             rooms.dirty.insert(room.to_string());
-            self.broker.presence(room, &gone.user.member(), false);
         }
         true
     }
 
-    /// Sends every room's gathered presence changes to its members (and the
-    /// other instances). Called every [`PRESENCE_INTERVAL`].
-    pub fn flush_presence(&self) {
+    /// Sends every room's gathered presence changes to its members, and
+    /// returns them as `(room, frame)` for the other instances. Called every
+    /// [`PRESENCE_INTERVAL`].
+    pub fn flush_presence(&self) -> Vec<(String, ServerMessage)> {
         let mut guard = self.rooms();
         let rooms = &mut *guard;
+        let mut frames = Vec::new();
         if rooms.dirty.is_empty() {
-            return;
+            return frames;
         }
         let timestamp = now_ms();
         for name in std::mem::take(&mut rooms.dirty) {
@@ -508,22 +500,19 @@ impl Hub {
                 timestamp,
             };
             r.broadcast(&frame, None);
-            self.broker.publish(BusEvent::Room {
-                room: name,
-                msg: frame,
-            });
+            frames.push((name, frame));
         }
+        frames
     }
 
-    /// Posts `text` by `user` in `room` to every member, the sender included.
-    /// Returns false if the connection is not in the room.
-    pub fn say(&self, conn: ConnId, user: &User, room: &str, text: &str) -> bool {
+    /// Posts `text` by `user` in `room` to every member, the sender
+    /// included, and returns the message (`None` if the connection is not
+    /// in the room).
+    pub fn say(&self, conn: ConnId, user: &User, room: &str, text: &str) -> Option<ChatMessage> {
         let mut rooms = self.rooms();
-        let Some(r) = rooms.by_name.get_mut(room) else {
-            return false;
-        };
+        let r = rooms.by_name.get_mut(room)?;
         if !r.connections.contains_key(&conn) {
-            return false;
+            return None;
         }
         let message = ChatMessage {
             room: room.to_string(),
@@ -534,20 +523,14 @@ impl Hub {
             timestamp: now_ms(),
         };
         r.remember(&message);
-        self.broker.push_history(&message);
-        let frame = ServerMessage::Message(message);
-        let delivered = r.broadcast(&frame, None);
+        let delivered = r.broadcast(&ServerMessage::Message(message.clone()), None);
         metrics::messages_delivered(delivered);
-        self.broker.publish(BusEvent::Room {
-            room: room.to_string(),
-            msg: frame,
-        });
-        true
+        Some(message)
     }
 
     /// Delivers a room event from another instance to this one's members (a
-    /// message is also kept in the local history, the fallback while the
-    /// broker is down).
+    /// message is also kept in the local history, the fallback while Redis
+    /// is down).
     pub fn deliver_remote(&self, room: &str, msg: &ServerMessage) {
         let mut rooms = self.rooms();
         let Some(r) = rooms.by_name.get_mut(room) else {
@@ -618,7 +601,7 @@ mod tests {
     }
 
     fn hub(idle: Duration) -> Hub {
-        Hub::new(10, idle, 20, Broker::local())
+        Hub::new(10, idle, 20)
     }
 
     #[test]
@@ -708,7 +691,7 @@ mod tests {
         let (o, _q) = Outbox::new(usize::MAX);
         hub.join(1, &u, &o, "x", None).unwrap();
         for i in 0..(HISTORY_LEN + 5) {
-            assert!(hub.say(1, &u, "x", &i.to_string()));
+            assert!(hub.say(1, &u, "x", &i.to_string()).is_some());
         }
         let len = hub.rooms().by_name.get("x").map(|r| r.history.len());
         assert_eq!(len, Some(HISTORY_LEN));
@@ -723,7 +706,7 @@ mod tests {
 
     #[test]
     fn idle_rooms_go_and_room_creation_is_limited_per_user() {
-        let hub = Hub::new(100, Duration::ZERO, 2, Broker::local());
+        let hub = Hub::new(100, Duration::ZERO, 2);
         let u = user("u", "u");
         let (o, _q) = Outbox::new(usize::MAX);
         hub.join(1, &u, &o, "a", None).unwrap();
@@ -746,7 +729,7 @@ mod tests {
 
     #[test]
     fn a_room_only_its_creator_joined_goes_sooner() {
-        let hub = Hub::new(100, Duration::from_secs(300), 20, Broker::local());
+        let hub = Hub::new(100, Duration::from_secs(300), 20);
         let (ada, bob) = (user("a", "Ada"), user("b", "Bob"));
         let (o, _q) = Outbox::new(usize::MAX);
         hub.join(1, &ada, &o, "lonely", None).unwrap();

@@ -8,10 +8,8 @@
 pub mod connection;
 pub mod hub;
 
-use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -19,20 +17,22 @@ use axum::extract::{Extension, FromRequestParts, OriginalUri, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use governor::clock::Clock;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::protocol::MAX_FRAME_BYTES;
+use crate::protocol::{is_valid_room, ServerMessage, MAX_FRAME_BYTES};
 use crate::server::admission::{refusal, KeyedCounter};
-use crate::server::auth::{token_from, Auth, AuthError, Claims};
-use crate::server::broker::Broker;
+use crate::server::auth::{token_from, AuthError};
+use crate::server::bus::{Bus, BusEvent, BusStatus, Incoming};
+use crate::server::clock::now_ms;
 use crate::server::config::AppSettings;
 use crate::server::forwarded::is_own_origin;
+use crate::server::limits::RateLimits;
 use crate::server::listener::Admitted;
 use crate::server::metrics;
-use hub::{Hub, User};
+use crate::server::presence::Presence;
+use crate::server::sessions::Sessions;
+use hub::{ConnId, Hub, Outbox, User};
 
 /// How many bytes of frames a connection's writer gathers before it must
 /// write (it also writes whenever its queue runs dry).
@@ -40,135 +40,177 @@ const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
 /// Everything the WebSocket endpoint needs, shared by all connections.
 pub struct Chat {
-    /// The rooms.
-    pub hub: Hub,
-    /// Other instances (in-process: none).
-    pub broker: Broker,
-    /// Checks tokens.
-    pub auth: Arc<Auth>,
-    /// Chat messages per user (id) per minute.
-    messages: DefaultKeyedRateLimiter<Arc<str>>,
-    /// Joins and leaves per user (id) per minute (each one notifies a whole room).
-    room_changes: DefaultKeyedRateLimiter<Arc<str>>,
-    /// The sign-in sessions with open sockets here, to close those sockets
-    /// when the session is signed out. One signal per session, shared by
-    /// its sockets.
-    sessions: Mutex<HashMap<Arc<str>, OpenSession>>,
+    /// This instance's rooms and their members.
+    hub: Hub,
+    /// The other instances (in-process: none).
+    bus: Bus,
+    /// Who is in which room across instances.
+    presence: Presence,
+    /// Tokens and sign-outs.
+    sessions: Arc<Sessions>,
+    /// Per-user message and join/leave rates.
+    limits: Arc<RateLimits>,
     /// Open sockets per user.
     sockets_per_user: Arc<KeyedCounter<Arc<str>>>,
     /// Origins allowed to connect; empty means the site's own.
     allowed_origins: Vec<String>,
     /// Period of the server's pings.
-    pub ping_interval: Duration,
+    ping_interval: Duration,
     /// Bytes that may wait in one connection's outbound queue.
-    pub queue_bytes: usize,
+    queue_bytes: usize,
     /// Source of connection ids.
     next_id: AtomicU64,
     /// Cancelled at shutdown: every socket closes with 1001.
+    shutdown: CancellationToken,
+    /// Tracks every open socket. Once upgraded, a socket is no longer
+    /// axum's, so the server waits on this at shutdown for the close frames
+    /// to go out.
+    sockets: TaskTracker,
+}
+
+/// What [`Chat::new`] is built from besides the settings.
+pub struct ChatParts {
+    /// The other instances.
+    pub bus: Bus,
+    /// Presence across instances.
+    pub presence: Presence,
+    /// Tokens and sign-outs.
+    pub sessions: Arc<Sessions>,
+    /// Per-user rates (shared with notifications).
+    pub limits: Arc<RateLimits>,
+    /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
-    /// Tracks every open socket (and the feed streams served on theirs).
-    /// Once upgraded, a socket is no longer axum's, so the server waits on
-    /// this at shutdown for the close frames to go out.
+    /// Where sockets run.
     pub sockets: TaskTracker,
 }
 
 impl Chat {
     /// The chat service for these settings.
-    pub fn new(
-        app: &AppSettings,
-        auth: Arc<Auth>,
-        broker: Broker,
-        shutdown: CancellationToken,
-        sockets: TaskTracker,
-    ) -> Self {
-        let per_min = NonZeroU32::new(app.rate_limit_per_min).unwrap_or(NonZeroU32::MIN);
+    pub fn new(app: &AppSettings, parts: ChatParts) -> Self {
         Chat {
-            hub: Hub::new(
-                app.max_rooms,
-                app.room_idle,
-                app.rooms_per_user,
-                broker.clone(),
-            ),
-            broker,
-            auth,
-            messages: RateLimiter::keyed(Quota::per_minute(per_min)),
-            room_changes: RateLimiter::keyed(Quota::per_minute(per_min)),
-            sessions: Mutex::new(HashMap::new()),
+            hub: Hub::new(app.max_rooms, app.room_idle, app.rooms_per_user),
+            bus: parts.bus,
+            presence: parts.presence,
+            sessions: parts.sessions,
+            limits: parts.limits,
             sockets_per_user: KeyedCounter::new(app.max_sockets_per_user),
             allowed_origins: app.allowed_origins.clone(),
             ping_interval: app.ws_ping_interval,
             queue_bytes: app.ws_queue_bytes,
             next_id: AtomicU64::new(1),
-            shutdown,
-            sockets,
+            shutdown: parts.shutdown,
+            sockets: parts.sockets,
         }
     }
 
-    /// `Ok` if `user` may send another message (or notification) now, else
-    /// how long to wait; say so with [`too_many_messages`].
-    pub fn check_message_rate(&self, user: &Arc<str>) -> Result<(), Duration> {
-        Self::check(&self.messages, user)
+    /// Number of rooms held (for the dashboard).
+    pub fn room_count(&self) -> usize {
+        self.hub.room_count()
     }
 
-    /// `Ok` if `user` may join or leave a room now, else how long to wait.
-    pub fn check_room_change_rate(&self, user: &Arc<str>) -> Result<(), Duration> {
-        Self::check(&self.room_changes, user)
+    /// Adds connection `id` of `user` to `room` and answers it with `joined`
+    /// (with several instances: the history and members of all of them), or
+    /// says why not.
+    async fn join(
+        &self,
+        id: ConnId,
+        user: &User,
+        outbox: &Outbox,
+        room: &str,
+    ) -> Result<(), Box<ServerMessage>> {
+        // Boxed: the Redis round trips' state is large, and inline it would
+        // be part of every idle connection's task for its lifetime.
+        let shared = if self.bus.status() == BusStatus::Local || !is_valid_room(room) {
+            None
+        } else {
+            let member = user.member();
+            let (history, members) = Box::pin(async {
+                tokio::join!(self.bus.history(room), self.presence.enter(room, &member))
+            })
+            .await;
+            match (history, members) {
+                (Some(history), Some(members)) => Some((history, members)),
+                (_, Some(_)) => {
+                    self.presence.leave(room, &member);
+                    None
+                }
+                _ => None,
+            }
+        };
+        let marked_present = shared.is_some();
+        let joined = self.hub.join(id, user, outbox, room, shared);
+        if joined.is_err() && marked_present {
+            // The room could not be created here, so none of this user's
+            // connections is in it: undo the mark.
+            self.presence.leave(room, &user.member());
+        }
+        joined
     }
 
-    fn check(limiter: &DefaultKeyedRateLimiter<Arc<str>>, user: &Arc<str>) -> Result<(), Duration> {
-        limiter
-            .check_key(user)
-            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
+    /// Posts `text` by `user` in `room`, here and on every instance.
+    fn say(&self, id: ConnId, user: &User, room: &str, text: &str) {
+        if let Some(message) = self.hub.say(id, user, room, text) {
+            self.bus.remember(&message);
+            self.bus.publish(BusEvent::Room {
+                room: room.to_string(),
+                msg: ServerMessage::Message(message),
+            });
+        }
     }
 
-    /// Periodic upkeep: sends gathered presence changes every
-    /// [`hub::PRESENCE_INTERVAL`]; every `every`, drops idle rooms and forgets
-    /// expired revocations and the rate-limit state of quiet users, so none
-    /// of them grows without bound.
-    pub async fn run_upkeep(self: Arc<Self>, every: Duration) {
+    /// Runs the chat's background work until shutdown: presence changes
+    /// gathered every [`hub::PRESENCE_INTERVAL`] and published; room frames
+    /// from other instances delivered; presence refreshed and the members of
+    /// dead instances announced gone; idle rooms dropped every `every`.
+    pub async fn run(self: Arc<Self>, mut incoming: Incoming, every: Duration) {
         let mut presence = tokio::time::interval(hub::PRESENCE_INTERVAL);
         presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refresh = tokio::time::interval(self.presence.period());
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = presence.tick() => {
-                    self.hub.flush_presence();
-                    continue;
+                _ = presence.tick() => self.publish_presence(),
+                event = incoming.recv() => match event.as_deref() {
+                    Some(BusEvent::Room { room, msg }) => self.hub.deliver_remote(room, msg),
+                    Some(_) => {}
+                    None => return,
+                },
+                _ = refresh.tick() => {
+                    let local = self.hub.local_presence();
+                    for (room, member) in self.presence.refresh(&local).await {
+                        self.hub.deliver_remote(&room, &ServerMessage::Presence {
+                            room: room.clone(),
+                            joined: Vec::new(),
+                            left: vec![member],
+                            timestamp: now_ms(),
+                        });
+                    }
                 }
-                _ = tick.tick() => {}
+                _ = sweep.tick() => {
+                    let dropped = self.hub.sweep();
+                    if dropped > 0 {
+                        tracing::debug!(dropped, "dropped idle rooms");
+                    }
+                    self.limits.forget_quiet();
+                }
             }
-            let dropped = self.hub.sweep();
-            if dropped > 0 {
-                tracing::debug!(dropped, "dropped idle rooms");
-            }
-            for limiter in [&self.messages, &self.room_changes] {
-                limiter.retain_recent();
-                limiter.shrink_to_fit();
-            }
-            self.auth.forget_expired();
         }
     }
 
-    /// The claims of `token` if it is valid and its session was not signed
-    /// out, here or (with Redis) on any instance.
-    pub async fn verify_session(&self, token: &str) -> Result<Claims, AuthError> {
-        let claims = self.auth.verify(token)?;
-        if self.broker.is_revoked(&claims.sid).await {
-            self.auth.revoke(&claims.sid, claims.exp);
-            return Err(AuthError::Invalid("the session was signed out".into()));
+    /// Sends the gathered presence changes to local members and the other
+    /// instances, and takes those who left off the shared presence.
+    fn publish_presence(&self) {
+        for (room, frame) in self.hub.flush_presence() {
+            if let ServerMessage::Presence { left, .. } = &frame {
+                for member in left {
+                    self.presence.leave(&room, member);
+                }
+            }
+            self.bus.publish(BusEvent::Room { room, msg: frame });
         }
-        Ok(claims)
-    }
-
-    /// Signs session `sid` (whose tokens expire at `exp`) out everywhere: its
-    /// token is refused from now on, and its open sockets close with 4001,
-    /// on this instance and (through the bus) on every other.
-    pub fn revoke_session(&self, sid: &str, exp: u64) {
-        self.auth.revoke(sid, exp);
-        self.broker.revoke(sid, exp);
-        self.close_session(sid);
     }
 
     /// Whether a browser page from `origin` may open a socket on `host`.
@@ -180,70 +222,6 @@ impl Chat {
             self.allowed_origins.iter().any(|o| o == origin)
         }
     }
-
-    /// Closes this instance's sockets of session `sid`.
-    pub fn close_session(&self, sid: &str) {
-        if let Some(open) = self.sessions().remove(sid) {
-            open.signed_out.cancel();
-        }
-    }
-
-    fn sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, OpenSession>> {
-        // Each update is one complete insert or remove.
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Counts a socket of session `sid`; its signal is cancelled when the
-    /// session is signed out. Returns the session's shared key and signal.
-    fn track_session(&self, sid: &str) -> (Arc<str>, CancellationToken) {
-        let mut sessions = self.sessions();
-        if let Some((key, open)) = sessions.get_key_value(sid) {
-            let shared = (key.clone(), open.signed_out.clone());
-            if let Some(open) = sessions.get_mut(sid) {
-                open.sockets += 1;
-            }
-            return shared;
-        }
-        let key: Arc<str> = Arc::from(sid);
-        let signed_out = CancellationToken::new();
-        sessions.insert(
-            key.clone(),
-            OpenSession {
-                signed_out: signed_out.clone(),
-                sockets: 1,
-            },
-        );
-        (key, signed_out)
-    }
-
-    /// Forgets a socket of session `sid` (it closed), and the session with
-    /// its last socket.
-    fn untrack_session(&self, sid: &str) {
-        let mut sessions = self.sessions();
-        if let Some(open) = sessions.get_mut(sid) {
-            open.sockets -= 1;
-            if open.sockets == 0 {
-                sessions.remove(sid);
-            }
-        }
-    }
-}
-
-/// A sign-in session with sockets open on this instance.
-struct OpenSession {
-    /// Cancelled when the session is signed out: its sockets close.
-    signed_out: CancellationToken,
-    /// How many sockets it has here.
-    sockets: usize,
-}
-
-/// What a user over the message rate limit is told, on the socket and at
-/// `POST /api/notifications` alike.
-pub fn too_many_messages(wait: Duration) -> String {
-    format!(
-        "too many messages; try again in {} ms",
-        wait.as_millis().max(1)
-    )
 }
 
 /// `GET /ws`: 403 for a foreign origin, 401 without a valid token, 429 for a
@@ -268,7 +246,7 @@ pub async fn upgrade(
         }
     }
     let verified = match token_from(&headers, uri.query()) {
-        Some(token) => chat.verify_session(&token).await,
+        Some(token) => chat.sessions.verify(&token).await,
         None => Err(AuthError::Missing),
     };
     let claims = match verified {
@@ -312,6 +290,8 @@ pub async fn upgrade(
         _user: user_slot,
     };
     let id = chat.next_id.fetch_add(1, Ordering::Relaxed);
+    // Counted from now, so a sign-out from here on closes the socket.
+    let session = chat.sessions.hold(&claims.sid);
     // Frames up to 16 KiB are read; anything larger is refused by the codec
     // (and the connection closed with 1009). Buffers are sized for chat frames,
     // not tungstenite's 128 KiB defaults: idle sockets stay small (the read
@@ -324,7 +304,7 @@ pub async fn upgrade(
         .read_buffer_size(1024)
         .write_buffer_size(WRITE_BATCH_BYTES)
         .on_upgrade(move |socket| {
-            connection::run(socket, chat, id, user, &claims.sid, claims.exp, places)
+            connection::run(socket, chat, id, user, session, claims.exp, places)
         })
 }
 
