@@ -20,7 +20,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
-use super::hub::{error, rate_limited, ConnId, Outbox, Queue, User};
+use super::hub::{ConnId, User};
+use super::outbox::{error, rate_limited, Outbox, Queue};
 use super::Chat;
 use crate::protocol::{
     ClientMessage, ErrorCode, ServerMessage, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,

@@ -14,16 +14,13 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, Utf8Bytes};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use super::outbox::{encode, error, rate_limited, Outbox};
 use crate::protocol::{
     is_valid_room, ChatMessage, ErrorCode, Member, ServerMessage, DEFAULT_ROOMS, HISTORY_LEN,
     MAX_ROOM_NAME,
@@ -45,10 +42,6 @@ pub const HISTORY_BYTES: usize = 32 * 1024;
 /// empty: a user who creates rooms and leaves them cannot fill the server.
 pub const LONELY_ROOM_IDLE: Duration = Duration::from_secs(60);
 
-/// Bytes a frame counts for in a queue, beyond its payload (the frame's own
-/// bookkeeping).
-const FRAME_OVERHEAD: usize = 64;
-
 /// Who a connection belongs to, from its token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
@@ -65,130 +58,6 @@ impl User {
             id: self.id.to_string(),
             name: self.name.to_string(),
         }
-    }
-}
-
-/// The sending end of one connection's outbound queue.
-#[derive(Clone)]
-pub struct Outbox {
-    /// Queue drained by the connection's writer task.
-    tx: mpsc::UnboundedSender<Message>,
-    /// Bytes queued and not yet taken by the writer.
-    queued: Arc<AtomicUsize>,
-    /// Most bytes that may be queued.
-    limit: usize,
-    /// Cancelled when the queue overflows: the connection then closes.
-    too_slow: CancellationToken,
-}
-
-/// The receiving end of an outbound queue, for the writer task.
-pub struct Queue {
-    /// Frames, in order.
-    rx: mpsc::UnboundedReceiver<Message>,
-    /// Shared with the outbox: taken frames are given back here.
-    queued: Arc<AtomicUsize>,
-}
-
-/// What a frame counts for in a queue.
-fn frame_bytes(frame: &Message) -> usize {
-    FRAME_OVERHEAD
-        + match frame {
-            Message::Text(t) => t.len(),
-            Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
-            Message::Close(c) => c.as_ref().map_or(0, |c| c.reason.len()),
-        }
-}
-
-impl Outbox {
-    /// A queue that holds at most `limit` bytes, with its receiving end.
-    pub fn new(limit: usize) -> (Outbox, Queue) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let outbox = Outbox {
-            tx,
-            queued: queued.clone(),
-            limit,
-            too_slow: CancellationToken::new(),
-        };
-        (outbox, Queue { rx, queued })
-    }
-
-    /// Queues `frame` without waiting; a queue over its bound marks the
-    /// client too slow (and takes nothing more).
-    pub fn push(&self, frame: Message) -> bool {
-        if self.too_slow.is_cancelled() {
-            return false;
-        }
-        let bytes = frame_bytes(&frame);
-        let before = self.queued.fetch_add(bytes, Ordering::Relaxed);
-        if before + bytes > self.limit {
-            self.queued.fetch_sub(bytes, Ordering::Relaxed);
-            self.too_slow.cancel();
-            metrics::slow_client_dropped();
-            return false;
-        }
-        if self.tx.send(frame).is_err() {
-            self.queued.fetch_sub(bytes, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    /// Queues a server message.
-    pub fn send(&self, msg: &ServerMessage) -> bool {
-        self.push(encode(msg))
-    }
-
-    /// Resolves once the client has been found too slow.
-    pub fn too_slow(&self) -> &CancellationToken {
-        &self.too_slow
-    }
-}
-
-impl Queue {
-    fn took(&self, frame: Option<Message>) -> Option<Message> {
-        if let Some(f) = &frame {
-            self.queued.fetch_sub(frame_bytes(f), Ordering::Relaxed);
-        }
-        frame
-    }
-
-    /// The next frame, waiting for one; `None` once every outbox is gone.
-    pub async fn recv(&mut self) -> Option<Message> {
-        let frame = self.rx.recv().await;
-        self.took(frame)
-    }
-
-    /// The next frame if one is queued.
-    pub fn try_recv(&mut self) -> Option<Message> {
-        let frame = self.rx.try_recv().ok();
-        self.took(frame)
-    }
-}
-
-/// Encodes a server message as a text frame. The bytes are shared, so the
-/// clones sent to each member of a room cost a reference count, not a copy.
-pub fn encode(msg: &ServerMessage) -> Message {
-    // Serialising these plain structs cannot fail.
-    let json = serde_json::to_string(msg).unwrap_or_default();
-    Message::Text(Utf8Bytes::from(json))
-}
-
-/// An error frame.
-pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerMessage {
-    ServerMessage::Error {
-        code,
-        message: message.into(),
-        retry_after_ms: None,
-    }
-}
-
-/// A refusal that says when to try again.
-pub fn rate_limited(message: impl Into<String>, wait: Duration) -> ServerMessage {
-    ServerMessage::Error {
-        code: ErrorCode::RateLimited,
-        message: message.into(),
-        retry_after_ms: Some(wait.as_millis().max(1) as u64),
     }
 }
 
@@ -584,7 +453,9 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    use super::super::outbox::Queue;
     use super::*;
+    use axum::extract::ws::Message;
 
     fn next(q: &mut Queue) -> ServerMessage {
         match q.try_recv() {
@@ -770,10 +641,6 @@ mod tests {
             got += 1;
         }
         assert_eq!(got, 11, "joined + 10 messages");
-        assert_eq!(
-            fast_rx.queued.load(Ordering::Relaxed),
-            0,
-            "bytes given back"
-        );
+        assert_eq!(fast_rx.queued_bytes(), 0, "bytes given back");
     }
 }

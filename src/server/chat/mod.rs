@@ -7,6 +7,7 @@
 
 pub mod connection;
 pub mod hub;
+pub mod outbox;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +33,8 @@ use crate::server::listener::Admitted;
 use crate::server::metrics;
 use crate::server::presence::Presence;
 use crate::server::sessions::Sessions;
-use hub::{ConnId, Hub, Outbox, User};
+use hub::{ConnId, Hub, User};
+use outbox::Outbox;
 
 /// How many bytes of frames a connection's writer gathers before it must
 /// write (it also writes whenever its queue runs dry).

@@ -13,22 +13,14 @@
 //! cap (`PULSE_MAX_CONNECTIONS_PER_IP`). A trusted proxy carries many
 //! clients, so its connections are not counted per address; instead each of
 //! its requests counts under the address it forwards, for as long as the
-//! request (or the WebSocket it becomes) lives.
-//!
-//! hyper's own `header_read_timeout` also runs while a kept-alive connection
-//! waits for its next request, so it cannot give idle connections a longer
-//! allowance than a half-sent head. The watchdog here tells the two apart: a
-//! connection with no request in flight must finish a head within the header
-//! timeout of its first byte (or of connecting), and may sit idle between
-//! requests for the idle timeout. A connection with a request in flight (an
-//! SSE stream, a slow download) is never timed out here.
+//! request (or the WebSocket it becomes) lives. Timeouts are the
+//! [`watchdog`]'s.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -41,15 +33,16 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::server::admission::{address_key, refusal, KeyedCounter, Slot};
+use watchdog::{Activity, Busy, Phase, Watched};
+
+mod watchdog;
 use crate::server::forwarded::{Client, TrustedProxies};
 use crate::server::metrics;
 
@@ -426,148 +419,5 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// What the watchdog knows of a connection.
-#[derive(Default)]
-struct Activity {
-    /// Requests whose response is not finished.
-    in_flight: AtomicUsize,
-    /// Requests started so far.
-    started: AtomicU64,
-    /// Bytes arrived since the connection last went quiet (a head has begun).
-    reading: AtomicBool,
-    /// Woken on every change of the above.
-    changed: Notify,
-}
-
-/// A request in flight; finishing it (dropping this) lets the connection go quiet.
-struct Busy(Arc<Activity>);
-
-impl Busy {
-    fn start(activity: Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.started.fetch_add(1, Ordering::Relaxed);
-        activity.changed.notify_one();
-        Busy(activity)
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.reading.store(false, Ordering::Relaxed);
-        }
-        self.0.changed.notify_one();
-    }
-}
-
-/// Where a connection stands, for its timeouts.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// A request is in flight: no timeout.
-    Busy,
-    /// Waiting for a head: new, or bytes of the next request have arrived.
-    Head,
-    /// Kept alive between requests.
-    Idle,
-}
-
-impl Activity {
-    fn phase(&self) -> Phase {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            Phase::Busy
-        } else if self.reading.load(Ordering::Relaxed) || self.started.load(Ordering::Relaxed) == 0
-        {
-            Phase::Head
-        } else {
-            Phase::Idle
-        }
-    }
-
-    /// Resolves (with the phase's name) when the connection has been waiting
-    /// for a head longer than `header`, or idle longer than `idle`.
-    async fn expire(&self, header: Duration, idle: Duration) -> &'static str {
-        let mut phase = Phase::Head;
-        let mut started = 0;
-        let mut since = Instant::now();
-        loop {
-            // Registered before reading the state: a change after the read
-            // leaves a permit, so it is never missed.
-            let changed = self.changed.notified();
-            let now = (self.phase(), self.started.load(Ordering::Relaxed));
-            if now != (phase, started) {
-                (phase, started) = now;
-                since = Instant::now();
-            }
-            let (limit, name) = match phase {
-                Phase::Busy => {
-                    changed.await;
-                    continue;
-                }
-                Phase::Head => (header, "head"),
-                Phase::Idle => (idle, "idle"),
-            };
-            tokio::select! {
-                _ = changed => {}
-                _ = tokio::time::sleep_until(since + limit) => return name,
-            }
-        }
-    }
-}
-
-/// A connection's socket, watched for the first bytes of each request.
-struct Watched {
-    /// The socket.
-    io: TcpStream,
-    /// Told when bytes arrive on a quiet connection.
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if buf.filled().len() > before && !this.activity.reading.load(Ordering::Relaxed) {
-            this.activity.reading.store(true, Ordering::Relaxed);
-            this.activity.changed.notify_one();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
