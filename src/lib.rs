@@ -15,18 +15,24 @@
 //! - `server` (feature `ssr`): everything that only runs on the server, and
 //!   `server::run`, which builds every service and runs them on one task
 //!   tracker until shutdown:
-//!   - `server::config`: every setting declared once (`PULSE_*` and flags), site settings from `Leptos.toml`;
+//!   - `server::config`: every setting declared once (`PULSE_*` and flags),
+//!     site settings from `Leptos.toml`;
 //!   - `server::listener`: the accept loop (connection caps, EMFILE backoff)
-//!     and one hyper connection per socket (head and idle timeouts);
+//!     and one hyper connection per socket; its `watchdog`: head and idle timeouts;
 //!   - `server::admission`, `server::forwarded`: per-address and per-user
 //!     counts; who the client is behind a trusted proxy;
 //!   - `server::http`: the routers (app, metrics);
 //!   - `server::security`: security headers, the page CSP, the cross-site check;
-//!   - `server::feed`: the one ticker, the bounded backlog and the SSE endpoint;
-//!   - `server::auth`, `server::text`: JWTs and sessions; the rules for names and text;
-//!   - `server::clock`: wall-clock stamps;
-//!   - `server::chat`: `GET /ws`, one task pair per socket, the rooms hub;
-//!   - `server::broker`: the Redis bus between instances;
+//!   - `server::bus`: publish/subscribe between instances (local or Redis);
+//!     services take what other instances send through receivers of their own;
+//!   - `server::presence`: who is in which room across instances;
+//!   - `server::auth`, `server::sessions`: JWTs; verifying and signing out
+//!     across instances;
+//!   - `server::limits`, `server::text`, `server::clock`: per-user rates; the
+//!     rules for names and text; wall-clock stamps;
+//!   - `server::feed`: the ticker, the bounded backlog and the SSE endpoint;
+//!   - `server::chat`: `GET /ws`, one task pair per socket, the rooms hub,
+//!     the byte-bounded outbox;
 //!   - `server::notify`, `server::stats`: notifications, the dashboard stream;
 //!   - `server::assets`: the site (WASM, JS, CSS, public/) embedded into the binary;
 //!   - `server::metrics`: Prometheus figures;

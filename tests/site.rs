@@ -195,3 +195,46 @@ async fn pages_carry_a_csp_with_their_scripts_nonce_and_the_security_headers() {
         .unwrap();
     assert_eq!(res.headers()["x-content-type-options"], "nosniff");
 }
+
+#[test]
+fn the_readmes_architecture_map_matches_the_tree() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("## Architecture").expect("an architecture section");
+    let map = &readme[start..];
+    let map = &map[map.find("```").unwrap() + 3..];
+    let map = &map[..map.find("```").unwrap()];
+    let mut files = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() > 30, "{files:?}");
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy();
+        // A module's mod.rs is its directory.
+        let shown = if name == "mod.rs" {
+            let dir = file.parent().unwrap().file_name().unwrap().to_string_lossy();
+            format!("{dir}/")
+        } else {
+            name.into_owned()
+        };
+        assert!(map.contains(&shown), "the README's map shows {}", file.display());
+    }
+    // And nothing that is not there.
+    for word in map.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')) {
+        if word.ends_with(".rs") {
+            assert!(names.iter().any(|n| n == word), "{word} in the README's map exists");
+        }
+    }
+}
