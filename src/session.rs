@@ -182,9 +182,13 @@ mod server {
         let sessions = sessions()?;
         let auth = sessions.auth();
         let (token, expires_at) = auth
-            .issue(id, name, sid, auth.session_ttl)
+            .issue(id, name, sid, auth.session_ttl())
             .map_err(ServerFnError::new)?;
-        set_cookie(&Auth::session_cookie(&token, auth.session_ttl, is_https()));
+        set_cookie(&Auth::session_cookie(
+            &token,
+            auth.session_ttl(),
+            is_https(),
+        ));
         Ok(Session {
             user_id: id.to_string(),
             user: name.to_string(),

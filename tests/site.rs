@@ -199,7 +199,9 @@ async fn pages_carry_a_csp_with_their_scripts_nonce_and_the_security_headers() {
 #[test]
 fn the_readmes_architecture_map_matches_the_tree() {
     let readme = include_str!("../README.md");
-    let start = readme.find("## Architecture").expect("an architecture section");
+    let start = readme
+        .find("## Architecture")
+        .expect("an architecture section");
     let map = &readme[start..];
     let map = &map[map.find("```").unwrap() + 3..];
     let map = &map[..map.find("```").unwrap()];
@@ -224,17 +226,29 @@ fn the_readmes_architecture_map_matches_the_tree() {
         let name = file.file_name().unwrap().to_string_lossy();
         // A module's mod.rs is its directory.
         let shown = if name == "mod.rs" {
-            let dir = file.parent().unwrap().file_name().unwrap().to_string_lossy();
+            let dir = file
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy();
             format!("{dir}/")
         } else {
             name.into_owned()
         };
-        assert!(map.contains(&shown), "the README's map shows {}", file.display());
+        assert!(
+            map.contains(&shown),
+            "the README's map shows {}",
+            file.display()
+        );
     }
     // And nothing that is not there.
     for word in map.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')) {
         if word.ends_with(".rs") {
-            assert!(names.iter().any(|n| n == word), "{word} in the README's map exists");
+            assert!(
+                names.iter().any(|n| n == word),
+                "{word} in the README's map exists"
+            );
         }
     }
 }

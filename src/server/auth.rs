@@ -89,7 +89,7 @@ pub struct Auth {
     /// HS256 only, `exp` required, no leeway.
     validation: Validation,
     /// Lifetime of a sign-in session.
-    pub session_ttl: Duration,
+    session_ttl: Duration,
     /// Longest lifetime (`exp - iat`) of any token accepted or issued.
     max_ttl: Duration,
     /// Sessions signed out, with the time (Unix seconds) their tokens would
@@ -122,6 +122,11 @@ impl Auth {
                 NonZeroU32::new(sign_ins_per_min).unwrap_or(NonZeroU32::MIN),
             )),
         }
+    }
+
+    /// Lifetime of a sign-in session (its token and cookie).
+    pub fn session_ttl(&self) -> Duration {
+        self.session_ttl
     }
 
     /// `Ok` if a client at `ip` may sign in now, else how long to wait.

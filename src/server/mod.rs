@@ -116,12 +116,12 @@ pub async fn run(
     let sweep = SWEEP_PERIOD.min(app.room_idle.max(Duration::from_secs(1)));
     tasks.spawn(chat.clone().run(bus.subscribe(), sweep));
 
-    let notifier = Arc::new(Notifier {
-        feed: feed.clone(),
-        bus: bus.clone(),
-        sessions: sessions.clone(),
-        limits: rates,
-    });
+    let notifier = Arc::new(Notifier::new(
+        feed.clone(),
+        bus.clone(),
+        sessions.clone(),
+        rates,
+    ));
     let (stats_tx, stats_rx) = stats::channel(&bus);
     tasks.spawn(stats::run_sampler(stats_tx, bus.clone(), shutdown.clone()));
 

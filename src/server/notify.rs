@@ -26,13 +26,13 @@ use crate::server::text;
 /// Publishes notifications into the feed.
 pub struct Notifier {
     /// Where they go on this instance.
-    pub feed: Arc<Feed>,
+    feed: Arc<Feed>,
     /// Where they go for the other instances.
-    pub bus: Bus,
+    bus: Bus,
     /// Checks tokens.
-    pub sessions: Arc<Sessions>,
+    sessions: Arc<Sessions>,
     /// The per-user message rate, shared with chat.
-    pub limits: Arc<RateLimits>,
+    limits: Arc<RateLimits>,
 }
 
 /// A published notification.
@@ -73,6 +73,22 @@ struct Body {
 }
 
 impl Notifier {
+    /// Notifications into `feed` (and over `bus`), from users `sessions`
+    /// verifies, within `limits`.
+    pub fn new(
+        feed: Arc<Feed>,
+        bus: Bus,
+        sessions: Arc<Sessions>,
+        limits: Arc<RateLimits>,
+    ) -> Self {
+        Notifier {
+            feed,
+            bus,
+            sessions,
+            limits,
+        }
+    }
+
     /// Publishes `text` as user `user_id` called `name`.
     pub fn publish(&self, user_id: &str, name: &str, text: &str) -> Result<Published, NotifyError> {
         let text = text::message_text(text).map_err(|why| {

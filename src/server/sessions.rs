@@ -45,7 +45,7 @@ pub struct SessionHold {
     /// The session id.
     sid: Arc<str>,
     /// Cancelled when the session is signed out.
-    pub signed_out: CancellationToken,
+    signed_out: CancellationToken,
 }
 
 impl Sessions {
@@ -131,6 +131,13 @@ impl Sessions {
                 },
             }
         }
+    }
+}
+
+impl SessionHold {
+    /// Resolves once the session is signed out.
+    pub fn signed_out(&self) -> &CancellationToken {
+        &self.signed_out
     }
 }
 

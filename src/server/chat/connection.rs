@@ -174,7 +174,7 @@ async fn serve(reader: Reader) {
             _ = chat.shutdown.cancelled() => break End::Close(CLOSE_GOING_AWAY, "server shutting down"),
             _ = outbox.too_slow().cancelled() => break End::Close(CLOSE_TOO_SLOW, "too slow: outbound queue full"),
             _ = &mut expiry => break End::Close(CLOSE_TOKEN_EXPIRED, "token expired"),
-            _ = session.signed_out.cancelled() => break End::Close(CLOSE_TOKEN_EXPIRED, "signed out"),
+            _ = session.signed_out().cancelled() => break End::Close(CLOSE_TOKEN_EXPIRED, "signed out"),
             _ = ping.tick() => {
                 if !heard_since_ping {
                     break End::Close(CLOSE_PING_TIMEOUT, "no answer to ping");
