@@ -8,8 +8,10 @@
 //! - [`protocol`]: the wire types shared by server and client (feed, chat, stats).
 //! - [`app`]: the HTML shell, the app shell (navigation) and the routes.
 //! - [`pages`]: one component per page (`feed`, `chat`, `rooms`, `dashboard`).
-//! - [`chat`]: the chat client shared by the Chat and Rooms pages (its
-//!   WebSocket is browser-only).
+//! - [`chat`]: the chat UI shared by the Chat and Rooms pages.
+//! - [`client`]: the browser's connections (feed and dashboard streams, the
+//!   chat socket) on gloo-net, one async loop each, and the one status badge;
+//!   no-ops on the server, so pages need no `cfg`.
 //! - [`session`]: the sign-in server functions; [`time`], [`backoff`]: small
 //!   rules the pages share.
 //! - `server` (feature `ssr`): everything that only runs on the server, and
@@ -43,6 +45,7 @@
 pub mod app;
 pub mod backoff;
 pub mod chat;
+pub mod client;
 pub mod pages;
 pub mod protocol;
 pub mod session;

@@ -33,7 +33,7 @@ async function signIn(page: Page, path: string, name?: string): Promise<string> 
   const chosen = await field.inputValue();
   await page.getByRole('button', { name: 'Sign in' }).click();
   await expect(page.getByTestId('whoami')).toHaveText(chosen);
-  await expect(status(page)).toHaveText('Connected');
+  await expect(status(page)).toHaveText('Live');
   return chosen;
 }
 
@@ -56,7 +56,7 @@ test('chat: sign in, send with Enter, see user, text and local time', async ({ p
   expect(await page.evaluate(() => document.cookie)).not.toContain('pulse_session');
   // A reload keeps the session.
   await page.reload();
-  await expect(status(page)).toHaveText('Connected');
+  await expect(status(page)).toHaveText('Live');
   await expect(messages(page).last().locator('.msg-text')).toHaveText('hello, pulse');
   expect(errors).toEqual([]);
 });
@@ -84,8 +84,8 @@ test('chat: input disabled while disconnected; reconnects by itself and fills th
   await expect(send(bob)).toBeDisabled();
 
   await server.launch();
-  await expect(status(alice)).toHaveText('Connected', { timeout: 20_000 });
-  await expect(status(bob)).toHaveText('Connected', { timeout: 20_000 });
+  await expect(status(alice)).toHaveText('Live', { timeout: 20_000 });
+  await expect(status(bob)).toHaveText('Live', { timeout: 20_000 });
   await expect(input(bob)).toBeEnabled();
   await say(alice, 'after the restart');
   await expect(messages(bob).last().locator('.msg-text')).toHaveText('after the restart');
@@ -104,7 +104,7 @@ test('chat: stays connected across a session renewal', async ({ page }) => {
   // with the new cookie well before the old token's expiry closes it.
   const renewed = page.waitForResponse((r) => r.url().includes('/api/renew_session') && r.ok(), { timeout: 45_000 });
   await renewed;
-  await expect(status(page)).toHaveText('Connected');
+  await expect(status(page)).toHaveText('Live');
   await say(page, 'still here');
   await expect(messages(page).last().locator('.msg-text')).toHaveText('still here');
 });
@@ -193,5 +193,5 @@ test('chat pages work at 360 px wide', async ({ page }) => {
   await say(page, 'narrow');
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   expect(overflow).toBeLessThanOrEqual(0);
-  await expect(status(page)).toHaveText('Connected');
+  await expect(status(page)).toHaveText('Live');
 });

@@ -24,7 +24,7 @@ test('dashboard: live figures and charts follow the real connections', async ({ 
   const chat = await (await browser.newContext()).newPage();
   await chat.goto(server.url + '/chat');
   await chat.getByRole('button', { name: 'Sign in' }).click();
-  await expect(chat.getByTestId('chat-status')).toHaveText('Connected');
+  await expect(chat.getByTestId('chat-status')).toHaveText('Live');
   await expect(dash.getByTestId('open-ws')).toHaveText('1');
   for (let i = 0; i < 5; i++) {
     await chat.getByTestId('chat-input').fill(`m${i}`);

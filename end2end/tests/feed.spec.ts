@@ -28,7 +28,7 @@ test('the server-rendered page already lists the latest events', async ({ browse
     await page.goto(server.url);
     return rows(page).count();
   }).toBeGreaterThan(0);
-  await expect(badge(page)).toHaveText('Connecting');
+  await expect(badge(page)).toHaveText('Connecting…');
   await context.close();
 });
 

@@ -31,18 +31,18 @@ test('with Redis: a page whose server is replaced reconnects and keeps chatting,
   await page.goto(server.url + '/chat');
   await page.getByTestId('sign-in-name').fill('Dora');
   await page.getByRole('button', { name: 'Sign in' }).click();
-  await expect(page.getByTestId('chat-status')).toHaveText('Connected');
+  await expect(page.getByTestId('chat-status')).toHaveText('Live');
   await say(page, 'kept in redis');
 
   // The instance goes away and a new process takes its place: its memory is
   // empty, so the history can only come from Redis.
   await server.stop();
-  await expect(page.getByTestId('chat-status')).not.toHaveText('Connected');
+  await expect(page.getByTestId('chat-status')).not.toHaveText('Live');
   await server.launch();
-  await expect(page.getByTestId('chat-status')).toHaveText('Connected', { timeout: 20_000 });
+  await expect(page.getByTestId('chat-status')).toHaveText('Live', { timeout: 20_000 });
 
   await page.reload();
-  await expect(page.getByTestId('chat-status')).toHaveText('Connected');
+  await expect(page.getByTestId('chat-status')).toHaveText('Live');
   await expect(texts(page)).toHaveText(['kept in redis']);
   await say(page, 'and chatting on');
   await expect(texts(page)).toHaveText(['kept in redis', 'and chatting on']);

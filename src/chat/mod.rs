@@ -1,15 +1,14 @@
 //! The chat client shared by the Chat and Rooms pages: the state the pages
 //! render ([`ChatState`]), the sign-in gate, and the parts of a chat view
-//! (status, message list, composer). The WebSocket itself is in `socket`
-//! (browser only).
-
-#[cfg(feature = "hydrate")]
-mod socket;
+//! (status, message list, composer). The socket itself is
+//! [`crate::client::chat`].
 
 use std::collections::BTreeMap;
 
 use leptos::prelude::*;
 
+use crate::client::chat::ChatSocket;
+use crate::client::{ConnState, StatusBadge};
 use crate::protocol::{
     user_tag, ChatMessage, Member, ServerMessage, MAX_NAME_CHARS, MAX_TEXT_CHARS,
 };
@@ -18,40 +17,6 @@ use crate::time::format_time;
 
 /// Most entries kept per room on screen.
 const MAX_ENTRIES: usize = 200;
-
-/// The connection as the user sees it; told by text, colour only adds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnStatus {
-    /// Opening a socket.
-    Connecting,
-    /// Open: sending is possible.
-    Connected,
-    /// Waiting this many seconds before the next attempt.
-    Reconnecting(u32),
-    /// Not connected and not trying (signed out, or the session ended).
-    Disconnected,
-}
-
-impl ConnStatus {
-    /// Text of the indicator.
-    pub fn label(self) -> String {
-        match self {
-            ConnStatus::Connecting => "Connecting…".into(),
-            ConnStatus::Connected => "Connected".into(),
-            ConnStatus::Reconnecting(s) => format!("Reconnecting in {s} s"),
-            ConnStatus::Disconnected => "Disconnected".into(),
-        }
-    }
-
-    fn class(self) -> &'static str {
-        match self {
-            ConnStatus::Connected => "badge badge-live",
-            ConnStatus::Connecting => "badge badge-connecting",
-            ConnStatus::Reconnecting(_) => "badge badge-reconnecting",
-            ConnStatus::Disconnected => "badge badge-offline",
-        }
-    }
-}
 
 /// One line of a room's stream.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,7 +97,7 @@ impl RoomView {
 #[derive(Clone, Copy)]
 pub struct ChatState {
     /// The connection indicator.
-    pub status: RwSignal<ConnStatus>,
+    pub status: RwSignal<ConnState>,
     /// The signed-in user; `None` shows the sign-in form.
     pub session: RwSignal<Option<Session>>,
     /// Joined rooms by name.
@@ -146,7 +111,7 @@ pub struct ChatState {
 impl ChatState {
     fn new(session: Option<Session>) -> Self {
         ChatState {
-            status: RwSignal::new(ConnStatus::Connecting),
+            status: RwSignal::new(ConnState::Connecting),
             session: RwSignal::new(session),
             rooms: RwSignal::new(BTreeMap::new()),
             error: RwSignal::new(None),
@@ -231,46 +196,33 @@ fn names(members: &[Member]) -> String {
 /// the server, where there is none).
 #[derive(Clone, Copy)]
 pub struct Connection {
-    #[cfg(feature = "hydrate")]
-    socket: StoredValue<Option<socket::Socket>, LocalStorage>,
+    /// The socket, while the view lives.
+    socket: StoredValue<Option<ChatSocket>, LocalStorage>,
 }
 
 impl Connection {
     /// Joins `room` (and rejoins it after reconnects).
     pub fn join(&self, room: &str) {
-        #[cfg(feature = "hydrate")]
         self.socket.with_value(|s| {
             if let Some(s) = s {
                 s.join(room)
             }
         });
-        #[cfg(not(feature = "hydrate"))]
-        let _ = room;
     }
 
     /// Leaves `room`.
     pub fn leave(&self, room: &str) {
-        #[cfg(feature = "hydrate")]
         self.socket.with_value(|s| {
             if let Some(s) = s {
                 s.leave(room)
             }
         });
-        #[cfg(not(feature = "hydrate"))]
-        let _ = room;
     }
 
     /// Says `text` in `room`; false if not connected.
     pub fn say(&self, room: &str, text: &str) -> bool {
-        #[cfg(feature = "hydrate")]
-        return self
-            .socket
-            .with_value(|s| s.as_ref().is_some_and(|s| s.say(room, text)));
-        #[cfg(not(feature = "hydrate"))]
-        {
-            let _ = (room, text);
-            false
-        }
+        self.socket
+            .with_value(|s| s.as_ref().is_some_and(|s| s.say(room, text)))
     }
 }
 
@@ -313,36 +265,30 @@ pub fn ChatGate(
 /// the view goes away.
 #[component]
 fn Connected(state: ChatState, body: fn(ChatState, Connection) -> AnyView) -> impl IntoView {
+    let expires_at = state
+        .session
+        .with_untracked(|s| s.as_ref().map_or(0, |s| s.expires_at));
+    state.status.set(ConnState::Connecting);
     let conn = Connection {
-        #[cfg(feature = "hydrate")]
-        socket: StoredValue::new_local(None),
+        socket: StoredValue::new_local(Some(ChatSocket::open(state, expires_at))),
     };
-    #[cfg(feature = "hydrate")]
-    {
-        let expires_at = state
-            .session
-            .with_untracked(|s| s.as_ref().map_or(0, |s| s.expires_at));
-        state.status.set(ConnStatus::Connecting);
-        conn.socket
-            .set_value(Some(socket::Socket::open(state, expires_at)));
-        on_cleanup(move || {
-            conn.socket.update_value(|s| {
-                if let Some(s) = s.take() {
-                    s.close();
-                }
-            })
-        });
-    }
+    on_cleanup(move || {
+        conn.socket.update_value(|s| {
+            if let Some(s) = s.take() {
+                s.close();
+            }
+        })
+    });
     let on_sign_out = move |_| {
         leptos::task::spawn_local(async move {
             let _ = sign_out().await;
-            state.status.set(ConnStatus::Disconnected);
+            state.status.set(ConnState::Stopped);
             state.session.set(None);
         });
     };
     view! {
         <div class="chat-head">
-            <StatusIndicator status=state.status/>
+            <StatusBadge state=state.status testid="chat-status"/>
             <span class="whoami">
                 "Signed in as "
                 <strong data-testid="whoami">
@@ -395,16 +341,6 @@ fn SignIn(state: ChatState, suggested: String) -> impl IntoView {
             </div>
             <p class="error" role="alert">{error}</p>
         </ActionForm>
-    }
-}
-
-/// The connection indicator.
-#[component]
-pub fn StatusIndicator(status: RwSignal<ConnStatus>) -> impl IntoView {
-    view! {
-        <p class=move || status.get().class() role="status" aria-live="polite" data-testid="chat-status">
-            {move || status.get().label()}
-        </p>
     }
 }
 
@@ -463,7 +399,7 @@ pub fn Composer(
     #[prop(into)] room: Signal<String>,
 ) -> impl IntoView {
     let text = RwSignal::new(String::new());
-    let offline = move || state.status.get() != ConnStatus::Connected;
+    let offline = move || state.status.get() != ConnState::Live;
     let on_submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let value = text.get_untracked();

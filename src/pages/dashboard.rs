@@ -4,7 +4,9 @@
 
 use leptos::prelude::*;
 
-use crate::protocol::Stats;
+use crate::client::events::{self, Received};
+use crate::client::{ConnState, StatusBadge};
+use crate::protocol::{Stats, STATS_PATH};
 
 /// Samples kept (one a second: the last minute).
 const POINTS: usize = 60;
@@ -13,25 +15,31 @@ const POINTS: usize = 60;
 #[component]
 pub fn DashboardPage() -> impl IntoView {
     let samples = RwSignal::new(Vec::<Stats>::new());
-    let live = RwSignal::new(false);
+    let status = RwSignal::new(ConnState::Connecting);
+    let on_event = move |received: Received| {
+        if let Ok(stats) = serde_json::from_str::<Stats>(&received.data) {
+            samples.update(|s| {
+                s.push(stats);
+                let excess = s.len().saturating_sub(POINTS);
+                s.drain(..excess);
+            });
+        }
+    };
+    let stream = events::follow(|| STATS_PATH.to_string(), status, on_event);
+    on_cleanup(move || stream.stop());
 
-    #[cfg(feature = "hydrate")]
-    {
-        let source = client::StatsSource::open(samples, live);
-        let source = send_wrapper::SendWrapper::new(source);
-        on_cleanup(move || source.close());
-    }
-
-    let latest = move || samples.with(|s| s.last().cloned());
+    // Figures are shown only while the stream is live: stale ones would lie.
+    let latest = move || {
+        (status.get() == ConnState::Live)
+            .then(|| samples.with(|s| s.last().cloned()))
+            .flatten()
+    };
     let figure = move |f: fn(&Stats) -> String| move || latest().map_or("—".into(), |s| f(&s));
 
     view! {
         <section class="page dashboard-page">
             <h1>"Dashboard"</h1>
-            <p class=move || if live.get() { "badge badge-live" } else { "badge badge-connecting" }
-               role="status" data-testid="dashboard-status">
-                {move || if live.get() { "Live" } else { "Connecting" }}
-            </p>
+            <StatusBadge state=status testid="dashboard-status"/>
             <dl class="figures">
                 <div><dt>"SSE streams"</dt><dd data-testid="open-sse">{figure(|s| s.sse.to_string())}</dd></div>
                 <div><dt>"WebSockets"</dt><dd data-testid="open-ws">{figure(|s| s.ws.to_string())}</dd></div>
@@ -108,71 +116,5 @@ fn Chart(title: &'static str, samples: RwSignal<Vec<Stats>>, series: Vec<Series>
                 {polylines}
             </svg>
         </figure>
-    }
-}
-
-/// The browser side: an EventSource on the stats stream (the browser
-/// reconnects it by itself).
-#[cfg(feature = "hydrate")]
-mod client {
-    use leptos::prelude::*;
-    use wasm_bindgen::closure::Closure;
-    use wasm_bindgen::JsCast;
-    use web_sys::{Event, EventSource, MessageEvent};
-
-    use super::POINTS;
-    use crate::protocol::{Stats, STATS_PATH};
-
-    type Listener = Closure<dyn FnMut(Event)>;
-
-    /// The open stream and its callbacks.
-    pub struct StatsSource {
-        source: Option<EventSource>,
-        _listeners: Vec<Listener>,
-    }
-
-    impl StatsSource {
-        /// Opens the stream; samples go into `samples`, state into `live`.
-        pub fn open(samples: RwSignal<Vec<Stats>>, live: RwSignal<bool>) -> Self {
-            let Ok(source) = EventSource::new(STATS_PATH) else {
-                return StatsSource {
-                    source: None,
-                    _listeners: Vec::new(),
-                };
-            };
-            let on_open: Listener = Closure::new(move |_: Event| live.set(true));
-            let on_error: Listener = Closure::new(move |_: Event| live.set(false));
-            let on_message: Listener = Closure::new(move |e: Event| {
-                let Some(text) = e
-                    .dyn_into::<MessageEvent>()
-                    .ok()
-                    .and_then(|m| m.data().as_string())
-                else {
-                    return;
-                };
-                if let Ok(stats) = serde_json::from_str::<Stats>(&text) {
-                    live.set(true);
-                    samples.update(|s| {
-                        s.push(stats);
-                        let excess = s.len().saturating_sub(POINTS);
-                        s.drain(..excess);
-                    });
-                }
-            });
-            source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-            source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-            source.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-            StatsSource {
-                source: Some(source),
-                _listeners: vec![on_open, on_error, on_message],
-            }
-        }
-
-        /// Closes the stream.
-        pub fn close(&self) {
-            if let Some(s) = &self.source {
-                s.close();
-            }
-        }
     }
 }

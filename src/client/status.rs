@@ -1,0 +1,51 @@
+//! The one connection state every page shows, and its badge.
+
+use leptos::prelude::*;
+
+/// A connection as the user sees it; told by text, colour only adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    /// Opening (also what the server renders).
+    Connecting,
+    /// Open: events flow, sending is possible.
+    Live,
+    /// Waiting this many seconds before the next attempt.
+    Reconnecting(u32),
+    /// The browser is offline: waiting for the network to come back.
+    Offline,
+    /// Not connected and not trying (signed out, or the session ended).
+    Stopped,
+}
+
+impl ConnState {
+    /// Text of the badge.
+    pub fn label(self) -> String {
+        match self {
+            ConnState::Connecting => "Connecting…".into(),
+            ConnState::Live => "Live".into(),
+            ConnState::Reconnecting(s) => format!("Reconnecting in {s} s"),
+            ConnState::Offline => "Offline".into(),
+            ConnState::Stopped => "Disconnected".into(),
+        }
+    }
+
+    /// CSS classes of the badge.
+    pub fn class(self) -> &'static str {
+        match self {
+            ConnState::Live => "badge badge-live",
+            ConnState::Connecting => "badge badge-connecting",
+            ConnState::Reconnecting(_) => "badge badge-reconnecting",
+            ConnState::Offline | ConnState::Stopped => "badge badge-offline",
+        }
+    }
+}
+
+/// The connection badge: `testid` names it for tests (`feed-status`, …).
+#[component]
+pub fn StatusBadge(state: RwSignal<ConnState>, testid: &'static str) -> impl IntoView {
+    view! {
+        <p class=move || state.get().class() role="status" aria-live="polite" data-testid=testid>
+            {move || state.get().label()}
+        </p>
+    }
+}
