@@ -98,6 +98,12 @@ async fn a_redis_outage_keeps_local_delivery_and_heals_by_itself() {
     redis.stop().await;
     a.wait_ready(503).await;
     assert_eq!(a.metric("pulse_broker_connected").await, 0.0);
+    // The clients are told that the other servers are out of reach…
+    let health = ada.recv_type("health").await;
+    assert_eq!(health["other_servers"], false, "{health}");
+    // …and so is a client that connects during the outage, at once.
+    let mut late = Client::connect(&a, "Late").await;
+    assert_eq!(late.recv_type("health").await["other_servers"], false);
     // Clients of the same instance still talk, and lose nothing.
     for i in 0..20 {
         ada.say("general", &format!("during {i}")).await;
@@ -112,6 +118,8 @@ async fn a_redis_outage_keeps_local_delivery_and_heals_by_itself() {
     redis.launch().await;
     a.wait_ready(200).await;
     b.wait_ready(200).await;
+    assert_eq!(ada.recv_type("health").await["other_servers"], true);
+    assert_eq!(late.recv_type("health").await["other_servers"], true);
     // Same sockets, no reconnect: cross-instance delivery is back.
     ada.say("general", "after the outage").await;
     let m = bob.recv_type("message").await;

@@ -25,14 +25,19 @@ export class RedisServer {
 
   static async start(): Promise<RedisServer> {
     const redis = new RedisServer(await freePort());
-    redis.proc = spawn('redis-server', ['--port', String(redis.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    await redis.launch();
+    return redis;
+  }
+
+  /** Starts (or, after `stop`, restarts) the process on this port, empty. */
+  async launch(): Promise<void> {
+    this.proc = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
       stdio: 'ignore',
     });
-    for (let i = 0; i < 500 && !(await ping(redis.port)); i++) {
+    for (let i = 0; i < 500 && !(await ping(this.port)); i++) {
       await new Promise((r) => setTimeout(r, 20));
     }
-    if (!(await ping(redis.port))) throw new Error('redis-server did not start');
-    return redis;
+    if (!(await ping(this.port))) throw new Error('redis-server did not start');
   }
 
   async stop(): Promise<void> {

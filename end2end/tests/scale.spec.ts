@@ -47,3 +47,19 @@ test('with Redis: a page whose server is replaced reconnects and keeps chatting,
   await say(page, 'and chatting on');
   await expect(texts(page)).toHaveText(['kept in redis', 'and chatting on']);
 });
+
+test('with Redis down, the badge says the other servers are out of reach, and clears when it is back', async ({ page }) => {
+  await page.goto(server.url + '/chat');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  const status = page.getByTestId('chat-status');
+  await expect(status).toHaveText('Live');
+
+  await redis.stop();
+  await expect(status).toHaveText('Live · other servers unreachable');
+  // This server's own members still talk.
+  await say(page, 'heard here only');
+  await expect(texts(page)).toHaveText(['heard here only']);
+
+  await redis.launch();
+  await expect(status).toHaveText('Live', { timeout: 20_000 });
+});

@@ -169,6 +169,15 @@ impl ChatState {
                     view.add_message(m);
                 }
             }),
+            ServerMessage::Health { other_servers } => self.status.update(|status| {
+                if status.is_live() {
+                    *status = if other_servers {
+                        ConnState::Live
+                    } else {
+                        ConnState::LiveAlone
+                    };
+                }
+            }),
             ServerMessage::Left { room } => self.rooms.update(|rooms| {
                 rooms.remove(&room);
             }),
@@ -399,7 +408,7 @@ pub fn Composer(
     #[prop(into)] room: Signal<String>,
 ) -> impl IntoView {
     let text = RwSignal::new(String::new());
-    let offline = move || state.status.get() != ConnState::Live;
+    let offline = move || !state.status.get().is_live();
     let on_submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let value = text.get_untracked();

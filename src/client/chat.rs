@@ -82,7 +82,7 @@ impl ChatSocket {
 
     fn send(&self, msg: ClientMessage) -> bool {
         use leptos::prelude::GetUntracked;
-        if self.state.status.get_untracked() != super::ConnState::Live {
+        if !self.state.status.get_untracked().is_live() {
             return false;
         }
         #[cfg(feature = "hydrate")]

@@ -9,6 +9,9 @@ pub enum ConnState {
     Connecting,
     /// Open: events flow, sending is possible.
     Live,
+    /// Open, but this server cannot reach the other servers: only the people
+    /// connected to it hear what is said.
+    LiveAlone,
     /// Waiting this many seconds before the next attempt.
     Reconnecting(u32),
     /// The browser is offline: waiting for the network to come back.
@@ -18,11 +21,17 @@ pub enum ConnState {
 }
 
 impl ConnState {
+    /// Whether the connection is open (sending is possible).
+    pub fn is_live(self) -> bool {
+        matches!(self, ConnState::Live | ConnState::LiveAlone)
+    }
+
     /// Text of the badge.
     pub fn label(self) -> String {
         match self {
             ConnState::Connecting => "Connecting…".into(),
             ConnState::Live => "Live".into(),
+            ConnState::LiveAlone => "Live · other servers unreachable".into(),
             ConnState::Reconnecting(s) => format!("Reconnecting in {s} s"),
             ConnState::Offline => "Offline".into(),
             ConnState::Stopped => "Disconnected".into(),
@@ -33,6 +42,7 @@ impl ConnState {
     pub fn class(self) -> &'static str {
         match self {
             ConnState::Live => "badge badge-live",
+            ConnState::LiveAlone => "badge badge-degraded",
             ConnState::Connecting => "badge badge-connecting",
             ConnState::Reconnecting(_) => "badge badge-reconnecting",
             ConnState::Offline | ConnState::Stopped => "badge badge-offline",

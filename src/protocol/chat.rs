@@ -149,6 +149,14 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
+    /// Whether this server reaches the other servers (with several
+    /// instances). While it does not, what is said here reaches only the
+    /// members connected to this server. Sent when a socket opens while they
+    /// are unreachable, and to every socket on each change.
+    Health {
+        /// False while the other servers are unreachable.
+        other_servers: bool,
+    },
 }
 
 /// Why a client frame was refused.

@@ -24,7 +24,7 @@ mod redis;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ChatMessage, FeedEvent, ServerMessage};
@@ -100,6 +100,8 @@ pub struct Bus {
     link: Option<Arc<Link>>,
     /// Events from other instances, for every receiver.
     incoming: broadcast::Sender<Arc<BusEvent>>,
+    /// Whether the other instances can be reached, as it changes.
+    reachable: watch::Receiver<bool>,
 }
 
 impl Bus {
@@ -108,6 +110,8 @@ impl Bus {
         Bus {
             link: None,
             incoming: broadcast::channel(1).0,
+            // Nobody else to reach: nothing to report, ever.
+            reachable: watch::channel(true).1,
         }
     }
 
@@ -117,9 +121,11 @@ impl Bus {
     pub fn redis(url: &str, history_ttl: std::time::Duration) -> Result<Bus, String> {
         let incoming = broadcast::channel(INCOMING).0;
         let link = Link::open(url, history_ttl, incoming.clone())?;
+        let reachable = link.reachable();
         Ok(Bus {
             link: Some(Arc::new(link)),
             incoming,
+            reachable,
         })
     }
 
@@ -141,6 +147,12 @@ impl Bus {
     /// Events the other instances publish, from now on.
     pub fn subscribe(&self) -> Incoming {
         Incoming(self.incoming.subscribe())
+    }
+
+    /// Whether the other instances can be reached, told on every change (for
+    /// telling clients); with one instance it is always true.
+    pub fn reachable(&self) -> watch::Receiver<bool> {
+        self.reachable.clone()
     }
 
     /// Whether the other instances can be reached.

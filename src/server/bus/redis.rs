@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::BusEvent;
@@ -59,6 +59,8 @@ struct Shared {
     /// since when it is down: an outage is logged once when it starts and
     /// once when it ends.
     said: Mutex<(Option<bool>, Instant)>,
+    /// The same, for whoever tells clients (optimistic until the first check).
+    reachable: watch::Sender<bool>,
 }
 
 /// A connection to Redis for the bus and presence.
@@ -97,6 +99,7 @@ impl Link {
             answering: AtomicBool::new(false),
             incoming,
             said: Mutex::new((None, Instant::now())),
+            reachable: watch::channel(true).0,
         });
         let on_push = {
             let shared = shared.clone();
@@ -128,6 +131,11 @@ impl Link {
     /// This process's id in presence entries.
     pub(crate) fn instance(&self) -> &str {
         &self.shared.instance
+    }
+
+    /// Whether the other instances can be reached, as it changes.
+    pub(crate) fn reachable(&self) -> watch::Receiver<bool> {
+        self.shared.reachable.subscribe()
     }
 
     /// Whether the other instances can be reached.
@@ -324,6 +332,7 @@ impl Shared {
         }
         *was_up = Some(up);
         metrics::set_broker_connected(up);
+        self.reachable.send_replace(up);
     }
 
     /// A push from the connection: an event, a (re)subscription or a disconnection.

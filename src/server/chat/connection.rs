@@ -161,6 +161,15 @@ async fn serve(reader: Reader) {
         _places,
     } = reader;
     let mut joined = BTreeSet::<String>::new();
+    // Whether the other servers can be reached: said at once if not, and on
+    // every change.
+    let mut reachable = chat.bus.reachable();
+    if !*reachable.borrow_and_update() {
+        outbox.send(&ServerMessage::Health {
+            other_servers: false,
+        });
+    }
+    let mut bus_gone = false;
     let mut ping =
         tokio::time::interval_at(Instant::now() + chat.ping_interval, chat.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -175,6 +184,13 @@ async fn serve(reader: Reader) {
             _ = outbox.too_slow().cancelled() => break End::Close(CLOSE_TOO_SLOW, "too slow: outbound queue full"),
             _ = &mut expiry => break End::Close(CLOSE_TOKEN_EXPIRED, "token expired"),
             _ = session.signed_out().cancelled() => break End::Close(CLOSE_TOKEN_EXPIRED, "signed out"),
+            changed = reachable.changed(), if !bus_gone => match changed {
+                Ok(()) => {
+                    let other_servers = *reachable.borrow_and_update();
+                    outbox.send(&ServerMessage::Health { other_servers });
+                }
+                Err(_) => bus_gone = true,
+            },
             _ = ping.tick() => {
                 if !heard_since_ping {
                     break End::Close(CLOSE_PING_TIMEOUT, "no answer to ping");
