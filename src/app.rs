@@ -58,6 +58,7 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/") view=FeedPage ssr=SsrMode::Async/>
                     <Route path=path!("/chat") view=ChatPage/>
                     <Route path=path!("/rooms") view=RoomsPage/>
+                    <Route path=path!("/rooms/:room") view=RoomsPage/>
                     <Route path=path!("/dashboard") view=DashboardPage/>
                 </Routes>
             </main>

@@ -195,3 +195,65 @@ test('chat pages work at 360 px wide', async ({ page }) => {
   expect(overflow).toBeLessThanOrEqual(0);
   await expect(status(page)).toHaveText('Live');
 });
+
+test('rooms: the room is in the URL; reload and back keep it, with the rooms one has been in', async ({ page }) => {
+  await signIn(page, '/rooms', 'Rhea');
+  await page.getByTestId('new-room').fill('lab');
+  await page.getByTestId('new-room').press('Enter');
+  await expect(page).toHaveURL(/\/rooms\/lab$/);
+  await expect(page.getByTestId('current-room')).toHaveText('#lab');
+  await page.getByRole('button', { name: '#tech' }).click();
+  await expect(page).toHaveURL(/\/rooms\/tech$/);
+
+  await page.reload();
+  await expect(status(page)).toHaveText('Live');
+  await expect(page.getByTestId('current-room')).toHaveText('#tech');
+  await expect(members(page)).toHaveText(['Rhea']);
+  await expect(page.getByRole('button', { name: '#lab' })).toBeVisible();
+
+  await page.goBack();
+  await expect(page).toHaveURL(/\/rooms\/lab$/);
+  await expect(page.getByTestId('current-room')).toHaveText('#lab');
+  await expect(members(page)).toHaveText(['Rhea']);
+});
+
+test('chat: a reader scrolled up stays put when a message arrives, and is offered the way down', async ({ browser }) => {
+  const contexts: BrowserContext[] = [await browser.newContext(), await browser.newContext()];
+  const reader = await contexts[0].newPage();
+  const writer = await contexts[1].newPage();
+  await signIn(reader, '/chat', 'Reader');
+  await signIn(writer, '/chat', 'Writer');
+  for (let i = 0; i < 40; i++) await say(writer, `line ${i}`);
+  await expect(messages(reader)).toHaveCount(40);
+  const list = reader.getByTestId('messages');
+  const fromBottom = () => list.evaluate((el) => el.scrollHeight - el.scrollTop - el.clientHeight);
+  await expect.poll(fromBottom).toBeLessThan(10);
+
+  await list.evaluate((el) => { el.scrollTop = 0; });
+  await say(writer, 'newest');
+  await expect(messages(reader).last()).toContainText('newest');
+  expect(await list.evaluate((el) => el.scrollTop)).toBe(0);
+  await expect(reader.getByTestId('new-messages')).toBeVisible();
+
+  await reader.getByTestId('new-messages').click();
+  await expect.poll(fromBottom).toBeLessThan(10);
+  await expect(reader.getByTestId('new-messages')).toBeHidden();
+  for (const c of contexts) await c.close();
+});
+
+test('chat: after sign-in the message box has the focus; a refused message stays in it with the reason', async ({ page }) => {
+  await server.dispose();
+  server = await PulseServer.start({ ...ENV, PULSE_RATE_LIMIT_PER_MIN: '2' });
+  await page.goto(server.url + '/chat');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(status(page)).toHaveText('Live');
+  await expect(input(page)).toBeFocused();
+
+  await say(page, 'one');
+  await say(page, 'two');
+  await input(page).fill('three is too many');
+  await input(page).press('Enter');
+  await expect(page.getByTestId('chat-error')).toContainText('too many messages');
+  await expect(input(page)).toHaveValue('three is too many');
+  await expect(messages(page)).toHaveCount(2);
+});

@@ -104,6 +104,14 @@ pub struct ChatState {
     pub rooms: RwSignal<BTreeMap<String, RoomView>>,
     /// The last error the server reported, shown until the next action.
     pub error: RwSignal<Option<String>>,
+    /// A message was sent and neither its echo nor a refusal has come back:
+    /// the composer keeps the text until the server has taken it.
+    pub awaiting: RwSignal<bool>,
+    /// Counts the server's acceptances of one's own messages (the composer
+    /// clears its text on each).
+    pub accepted: RwSignal<u64>,
+    /// Set by signing in here, so the composer takes the focus.
+    pub just_signed_in: RwSignal<bool>,
     /// Keys for notices.
     next_notice: StoredValue<u64>,
 }
@@ -115,6 +123,9 @@ impl ChatState {
             session: RwSignal::new(session),
             rooms: RwSignal::new(BTreeMap::new()),
             error: RwSignal::new(None),
+            awaiting: RwSignal::new(false),
+            accepted: RwSignal::new(0),
+            just_signed_in: RwSignal::new(false),
             next_notice: StoredValue::new(0),
         }
     }
@@ -164,11 +175,20 @@ impl ChatState {
                     }
                 }
             }),
-            ServerMessage::Message(m) => self.rooms.update(|rooms| {
-                if let Some(view) = rooms.get_mut(&m.room) {
-                    view.add_message(m);
+            ServerMessage::Message(m) => {
+                let mine = self
+                    .session
+                    .with_untracked(|s| s.as_ref().is_some_and(|s| s.user_id == m.user_id));
+                if mine && self.awaiting.get_untracked() {
+                    self.awaiting.set(false);
+                    self.accepted.update(|n| *n += 1);
                 }
-            }),
+                self.rooms.update(|rooms| {
+                    if let Some(view) = rooms.get_mut(&m.room) {
+                        view.add_message(m);
+                    }
+                })
+            }
             ServerMessage::Health { other_servers } => self.status.update(|status| {
                 if status.is_live() {
                     *status = if other_servers {
@@ -181,7 +201,11 @@ impl ChatState {
             ServerMessage::Left { room } => self.rooms.update(|rooms| {
                 rooms.remove(&room);
             }),
-            ServerMessage::Error { message, .. } => self.error.set(Some(message)),
+            ServerMessage::Error { message, .. } => {
+                // A refused message stays in the composer, with the reason.
+                self.awaiting.set(false);
+                self.error.set(Some(message));
+            }
         }
     }
 }
@@ -206,7 +230,7 @@ fn names(members: &[Member]) -> String {
 #[derive(Clone, Copy)]
 pub struct Connection {
     /// The socket, while the view lives.
-    socket: StoredValue<Option<ChatSocket>, LocalStorage>,
+    socket: StoredValue<Option<ChatSocket>>,
 }
 
 impl Connection {
@@ -279,7 +303,7 @@ fn Connected(state: ChatState, body: fn(ChatState, Connection) -> AnyView) -> im
         .with_untracked(|s| s.as_ref().map_or(0, |s| s.expires_at));
     state.status.set(ConnState::Connecting);
     let conn = Connection {
-        socket: StoredValue::new_local(Some(ChatSocket::open(state, expires_at))),
+        socket: StoredValue::new(Some(ChatSocket::open(state, expires_at))),
     };
     on_cleanup(move || {
         conn.socket.update_value(|s| {
@@ -325,6 +349,7 @@ fn SignIn(state: ChatState, suggested: String) -> impl IntoView {
     Effect::new(move |_| {
         if let Some(Ok(session)) = action.value().get() {
             state.error.set(None);
+            state.just_signed_in.set(true);
             state.session.set(Some(session));
         }
     });
@@ -363,14 +388,37 @@ pub fn MessageList(state: ChatState, #[prop(into)] room: Signal<String>) -> impl
             .with(|rooms| rooms.get(&room.get()).map(|r| r.entries.clone()))
             .unwrap_or_default()
     };
-    Effect::new(move |_| {
-        state.rooms.track();
-        if let Some(el) = list.get() {
+    // Whether the reader is at the newest entry; scrolled up to read older
+    // ones, new entries do not move the list but show a button instead.
+    let at_bottom = StoredValue::new(true);
+    let unseen = RwSignal::new(false);
+    let to_bottom = move || {
+        if let Some(el) = list.get_untracked() {
             el.set_scroll_top(el.scroll_height());
         }
+        unseen.set(false);
+    };
+    Effect::new(move |_| {
+        state.rooms.track();
+        room.track();
+        if at_bottom.get_value() {
+            to_bottom();
+        } else {
+            unseen.set(true);
+        }
     });
+    let on_scroll = move |_| {
+        if let Some(el) = list.get_untracked() {
+            // A few pixels' slack: zoom and rounding rarely land exactly.
+            let bottom = el.scroll_top() + el.client_height() + 8 >= el.scroll_height();
+            at_bottom.set_value(bottom);
+            if bottom {
+                unseen.set(false);
+            }
+        }
+    };
     view! {
-        <ol class="messages" data-testid="messages" node_ref=list aria-live="polite">
+        <ol class="messages" data-testid="messages" node_ref=list aria-live="polite" on:scroll=on_scroll>
             <For
                 each=entries
                 key=|e| e.key.clone()
@@ -397,10 +445,24 @@ pub fn MessageList(state: ChatState, #[prop(into)] room: Signal<String>) -> impl
                 }
             />
         </ol>
+        <button
+            type="button"
+            class="new-messages"
+            data-testid="new-messages"
+            hidden=move || !unseen.get()
+            on:click=move |_| {
+                at_bottom.set_value(true);
+                to_bottom();
+            }
+        >
+            "New messages ↓"
+        </button>
     }
 }
 
-/// The message input and Send button, disabled while disconnected; Enter sends.
+/// The message input and Send button, disabled while disconnected; Enter
+/// sends. The text stays until the server has taken the message: a refused
+/// one (too fast, invalid) can be sent again, with the reason shown above.
 #[component]
 pub fn Composer(
     state: ChatState,
@@ -408,16 +470,33 @@ pub fn Composer(
     #[prop(into)] room: Signal<String>,
 ) -> impl IntoView {
     let text = RwSignal::new(String::new());
+    let input = NodeRef::<leptos::html::Input>::new();
     let offline = move || !state.status.get().is_live();
+    Effect::new(move |seen: Option<u64>| {
+        let accepted = state.accepted.get();
+        if seen.is_some_and(|seen| seen != accepted) {
+            text.set(String::new());
+        }
+        accepted
+    });
+    // After signing in here, the next thing to do is to type.
+    Effect::new(move |_| {
+        if let Some(el) = input.get() {
+            if state.just_signed_in.get_untracked() && !offline() {
+                state.just_signed_in.set(false);
+                let _ = el.focus();
+            }
+        }
+    });
     let on_submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let value = text.get_untracked();
-        if value.trim().is_empty() {
+        if value.trim().is_empty() || state.awaiting.get_untracked() {
             return;
         }
         state.error.set(None);
         if conn.say(&room.get_untracked(), &value) {
-            text.set(String::new());
+            state.awaiting.set(true);
         }
     };
     view! {
@@ -430,6 +509,7 @@ pub fn Composer(
                 autocomplete="off"
                 maxlength=MAX_TEXT_CHARS
                 disabled=offline
+                node_ref=input
                 prop:value=move || text.get()
                 on:input=move |ev| text.set(event_target_value(&ev))
             />

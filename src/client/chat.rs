@@ -2,8 +2,7 @@
 //! connected, rejoins its rooms, renews the session before it expires, and
 //! feeds every server frame into [`ChatState`].
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::chat::ChatState;
 use crate::protocol::ClientMessage;
@@ -14,8 +13,10 @@ use super::Running;
 pub struct ChatSocket {
     /// The loop.
     running: Running,
-    /// Rooms to be in: joined again after every reconnect.
-    rooms: Rc<RefCell<Vec<String>>>,
+    /// Rooms to be in: joined again after every reconnect. (Send + Sync,
+    /// like the rest, so that pages keep the socket in ordinary reactive
+    /// storage, also while rendering on the server.)
+    rooms: Arc<Mutex<Vec<String>>>,
     /// Frames for the loop to send.
     #[cfg(feature = "hydrate")]
     outgoing: futures::channel::mpsc::UnboundedSender<ClientMessage>,
@@ -28,7 +29,7 @@ impl ChatSocket {
     /// (seconds since the epoch), renewing it before then. On the server:
     /// does nothing.
     pub fn open(state: ChatState, expires_at: u64) -> ChatSocket {
-        let rooms = Rc::new(RefCell::new(Vec::new()));
+        let rooms = Arc::new(Mutex::new(Vec::new()));
         #[cfg(feature = "hydrate")]
         {
             let (outgoing, queue) = futures::channel::mpsc::unbounded();
@@ -54,7 +55,7 @@ impl ChatSocket {
     /// Joins `room` now (if connected) and after every reconnect.
     pub fn join(&self, room: &str) {
         {
-            let mut rooms = self.rooms.borrow_mut();
+            let mut rooms = self.rooms();
             if !rooms.iter().any(|r| r == room) {
                 rooms.push(room.to_string());
             }
@@ -66,7 +67,7 @@ impl ChatSocket {
 
     /// Leaves `room`.
     pub fn leave(&self, room: &str) {
-        self.rooms.borrow_mut().retain(|r| r != room);
+        self.rooms().retain(|r| r != room);
         self.send(ClientMessage::Leave {
             room: room.to_string(),
         });
@@ -78,6 +79,10 @@ impl ChatSocket {
             room: room.to_string(),
             text: text.to_string(),
         })
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, Vec<String>> {
+        lock(&self.rooms)
     }
 
     fn send(&self, msg: ClientMessage) -> bool {
@@ -102,10 +107,14 @@ impl ChatSocket {
     }
 }
 
+/// The list, even if a panic left its lock poisoned (each change is whole).
+fn lock(rooms: &Mutex<Vec<String>>) -> MutexGuard<'_, Vec<String>> {
+    rooms.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(feature = "hydrate")]
 mod browser {
-    use std::cell::RefCell;
-    use std::rc::Rc;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use futures::channel::mpsc::UnboundedReceiver;
@@ -136,7 +145,7 @@ mod browser {
     pub async fn run(
         state: ChatState,
         mut expires_at: u64,
-        rooms: Rc<RefCell<Vec<String>>>,
+        rooms: Arc<Mutex<Vec<String>>>,
         mut queue: UnboundedReceiver<ClientMessage>,
     ) {
         let mut backoff = Backoff::default();
@@ -197,7 +206,7 @@ mod browser {
         /// When the session ends (renewal moves it).
         expires_at: &'a mut u64,
         /// Rooms to rejoin.
-        rooms: &'a RefCell<Vec<String>>,
+        rooms: &'a Mutex<Vec<String>>,
         /// Frames to send.
         queue: &'a mut UnboundedReceiver<ClientMessage>,
         /// Reset once the socket opens.
@@ -221,9 +230,11 @@ mod browser {
             return End::Refused;
         }
         link.backoff.reset();
+        // Whatever was awaiting an answer on the old socket will not get one.
+        state.awaiting.set(false);
         state.status.set(ConnState::Live);
         let (mut sink, mut stream) = ws.split();
-        let rejoin: Vec<String> = link.rooms.borrow().clone();
+        let rejoin: Vec<String> = super::lock(link.rooms).clone();
         for room in rejoin {
             if send(&mut sink, &ClientMessage::Join { room })
                 .await

@@ -19,6 +19,7 @@ pub mod events;
 #[cfg(feature = "hydrate")]
 mod retry;
 mod status;
+pub mod stored;
 
 pub use status::{ConnState, StatusBadge};
 

@@ -38,6 +38,19 @@ impl ConnState {
         }
     }
 
+    /// What a screen reader is told: the state without the countdown, so
+    /// that it speaks when the state changes, not every second.
+    pub fn announcement(self) -> &'static str {
+        match self {
+            ConnState::Connecting => "Connecting",
+            ConnState::Live => "Live",
+            ConnState::LiveAlone => "Live, other servers unreachable",
+            ConnState::Reconnecting(_) => "Reconnecting",
+            ConnState::Offline => "Offline",
+            ConnState::Stopped => "Disconnected",
+        }
+    }
+
     /// CSS classes of the badge.
     pub fn class(self) -> &'static str {
         match self {
@@ -50,12 +63,15 @@ impl ConnState {
     }
 }
 
-/// The connection badge: `testid` names it for tests (`feed-status`, …).
+/// The connection badge: `testid` names its visible text for tests
+/// (`feed-status`, …). The countdown is shown, but only the state is
+/// announced.
 #[component]
 pub fn StatusBadge(state: RwSignal<ConnState>, testid: &'static str) -> impl IntoView {
     view! {
-        <p class=move || state.get().class() role="status" aria-live="polite" data-testid=testid>
-            {move || state.get().label()}
+        <p class=move || state.get().class() role="status" aria-live="polite">
+            <span aria-hidden="true" data-testid=testid>{move || state.get().label()}</span>
+            <span class="visually-hidden">{move || state.get().announcement()}</span>
         </p>
     }
 }

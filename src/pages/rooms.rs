@@ -1,10 +1,14 @@
-//! Page `/rooms`: Socket.IO-style rooms. The room list (the default rooms,
-//! plus any other one can create by joining it), the current room's stream
-//! with join and leave notices, and its members, live.
+//! Pages `/rooms` and `/rooms/:room`: Socket.IO-style rooms. The room list
+//! (the default rooms, plus the others one has been in, remembered by the
+//! browser), the current room's stream with join and leave notices, and its
+//! members, live.
 
 use leptos::prelude::*;
 
+use leptos_router::hooks::{use_navigate, use_params_map};
+
 use crate::chat::{ChatGate, ChatState, Composer, Connection, MessageList};
+use crate::client::stored;
 use crate::protocol::{is_valid_room, DEFAULT_ROOMS, MAX_ROOM_NAME};
 
 /// The Rooms page.
@@ -19,28 +23,50 @@ pub fn RoomsPage() -> impl IntoView {
 }
 
 fn rooms(state: ChatState, conn: Connection) -> AnyView {
-    let current = RwSignal::new(DEFAULT_ROOMS[0].to_string());
-    // Rooms one has visited, beyond the defaults, for the list.
+    // The room is the URL's (`/rooms/tech`), so reloads, links and the back
+    // button work; `/rooms` is #general.
+    let params = use_params_map();
+    let current = Memo::new(move |_| {
+        params
+            .with(|p| p.get("room"))
+            .filter(|room| is_valid_room(room))
+            .unwrap_or_else(|| DEFAULT_ROOMS[0].to_string())
+    });
+    // Rooms one has been in, beyond the defaults, for the list; the browser
+    // remembers them across reloads (read once the page is interactive, so
+    // the first render matches the server's).
     let extra = RwSignal::new(Vec::<String>::new());
-    conn.join(&current.get_untracked());
-
-    let switch = move |room: String| {
-        let old = current.get_untracked();
-        if old == room {
-            return;
+    Effect::new(move |_| extra.set(stored::rooms()));
+    let remember = move |room: &str| {
+        // The stored list is the truth: another tab may have added to it.
+        let mut rooms = stored::rooms();
+        if !DEFAULT_ROOMS.contains(&room) && !rooms.iter().any(|r| r == room) {
+            rooms.push(room.to_string());
+            stored::set_rooms(&rooms);
         }
-        conn.leave(&old);
-        conn.join(&room);
-        if !DEFAULT_ROOMS.contains(&room.as_str()) {
-            extra.update(|e| {
-                if !e.contains(&room) {
-                    e.push(room.clone());
-                }
-            });
-        }
-        state.error.set(None);
-        current.set(room);
+        extra.set(rooms);
     };
+    // In the browser: leave the old room and join the new one whenever the
+    // URL's room changes.
+    Effect::new(move |previous: Option<String>| {
+        let room = current.get();
+        if previous.as_deref() != Some(room.as_str()) {
+            if let Some(previous) = previous {
+                conn.leave(&previous);
+            }
+            conn.join(&room);
+            remember(&room);
+            state.error.set(None);
+        }
+        room
+    });
+
+    let navigate = use_navigate();
+    let switch = Callback::new(move |room: String| {
+        if room != current.get_untracked() {
+            navigate(&format!("/rooms/{room}"), Default::default());
+        }
+    });
 
     let new_room = RwSignal::new(String::new());
     let on_create = move |ev: leptos::ev::SubmitEvent| {
@@ -53,7 +79,7 @@ fn rooms(state: ChatState, conn: Connection) -> AnyView {
             return;
         }
         new_room.set(String::new());
-        switch(name);
+        switch.run(name);
     };
 
     let all_rooms = move || {
@@ -89,7 +115,7 @@ fn rooms(state: ChatState, conn: Connection) -> AnyView {
                                         type="button"
                                         class="room"
                                         aria-current=move || is_current().then_some("true")
-                                        on:click=move |_| switch(target.clone())
+                                        on:click=move |_| switch.run(target.clone())
                                     >
                                         "#"{name}
                                     </button>
