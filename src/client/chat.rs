@@ -195,7 +195,7 @@ mod browser {
             }
             // Frames typed while down are not sent late into another context.
             while queue.try_recv().is_ok() {}
-            backoff.wait(state.status, &mut wake).await;
+            backoff.wait(&|s| state.status.set(s), &mut wake).await;
         }
     }
 

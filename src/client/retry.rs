@@ -128,20 +128,20 @@ impl Backoff {
         self.attempts = 0;
     }
 
-    /// Waits before the next attempt, counting down in `state`; a wake-up
+    /// Waits before the next attempt, counting down through `report`; a wake-up
     /// ends the wait at once (and starts the backoff over). While the
     /// browser is offline, waits for it to come back (or the longest wait).
-    pub async fn wait(&mut self, state: RwSignal<ConnState>, wake: &mut Wakeups) {
+    pub async fn wait(&mut self, report: &dyn Fn(ConnState), wake: &mut Wakeups) {
         wake.forget();
         let delay = backoff::delay_ms(self.attempts, js_sys::Math::random()).max(100.0);
         self.attempts = self.attempts.saturating_add(1);
         if !online() {
-            state.set(ConnState::Offline);
+            report(ConnState::Offline);
             futures::select! {
                 _ = wake.next().fuse() => self.attempts = 0,
                 _ = sleep(Duration::from_millis(backoff::MAX_MS as u64)).fuse() => {}
             }
-            state.set(ConnState::Connecting);
+            report(ConnState::Connecting);
             return;
         }
         let deadline = js_sys::Date::now() + delay;
@@ -150,7 +150,7 @@ impl Backoff {
             if left <= 0.0 {
                 break;
             }
-            state.set(ConnState::Reconnecting(
+            report(ConnState::Reconnecting(
                 (left / 1000.0).ceil().max(1.0) as u32
             ));
             let step = Duration::from_millis(left.min(TICK.as_millis() as f64) as u64);
@@ -163,6 +163,6 @@ impl Backoff {
                 break;
             }
         }
-        state.set(ConnState::Connecting);
+        report(ConnState::Connecting);
     }
 }

@@ -3,7 +3,7 @@
 use leptos::prelude::*;
 
 /// A connection as the user sees it; told by text, colour only adds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConnState {
     /// Opening (also what the server renders).
     Connecting,

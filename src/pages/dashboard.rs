@@ -25,7 +25,7 @@ pub fn DashboardPage() -> impl IntoView {
             });
         }
     };
-    let stream = events::follow(|| STATS_PATH.to_string(), status, on_event);
+    let stream = events::follow_shared("stats", || STATS_PATH.to_string(), status, on_event);
     on_cleanup(move || stream.stop());
 
     // Figures are shown only while the stream is live: stale ones would lie.

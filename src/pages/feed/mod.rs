@@ -69,7 +69,8 @@ fn LiveFeed(initial: Vec<FeedItem>) -> impl IntoView {
             m.receive(event, &received.last_event_id, now);
         });
     };
-    let feed = events::follow(url, status, on_event);
+    // One stream for all of this browser's Feed tabs.
+    let feed = events::follow_shared("feed", url, status, on_event);
     on_cleanup(move || feed.stop());
 
     let points = move || {
