@@ -520,3 +520,29 @@ async fn protocol_violations_close_with_the_rfc_6455_codes() {
     let mut ok = Client::connect(&server, "Bob").await;
     ok.join("general").await;
 }
+
+#[tokio::test]
+async fn a_ping_is_answered_with_the_ping_interval_and_a_flood_of_pings_is_not() {
+    let server = ws::start(&[("PULSE_WS_PING_INTERVAL", "7s")]).await;
+    let mut c = Client::connect(&server, "Pia").await;
+    c.send(serde_json::json!({"type": "ping"})).await;
+    let pong = c.recv_type("pong").await;
+    assert_eq!(pong["ping_interval_ms"], 7000, "{pong}");
+    // Fifty more at once: at most one pong per half second, so one or two.
+    for _ in 0..50 {
+        c.send(serde_json::json!({"type": "ping"})).await;
+    }
+    // A frame that is always answered marks the end of the answers to them.
+    c.send(serde_json::json!({"type": "join", "room": "general"}))
+        .await;
+    let mut pongs = 0;
+    loop {
+        let frame = c.recv_any().await;
+        match frame["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("joined") => break,
+            _ => {}
+        }
+    }
+    assert!(pongs <= 2, "{pongs} pongs for 50 pings");
+}

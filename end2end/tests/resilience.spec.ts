@@ -59,16 +59,41 @@ test('the chat socket comes back after the network does, and can send again', as
 });
 
 test('a tab that becomes visible again reconnects at once', async ({ page }) => {
-  await page.goto(server.url);
-  const badge = page.getByTestId('feed-status');
-  await expect(badge).toHaveText('Live');
+  await page.goto(server.url + '/chat');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  const status = page.getByTestId('chat-status');
+  await expect(status).toHaveText('Live');
 
   // The server goes away until the client's backoff has grown to a long wait.
   await server.stop();
-  await expect(badge).toHaveText(/^Reconnecting in ([6-9]|10) s$/, { timeout: 60_000 });
+  await expect(status).toHaveText(/^Reconnecting in ([6-9]|10) s$/, { timeout: 60_000 });
   await server.launch();
   // Coming back to the tab (here: the event a browser fires then) ends the
   // wait: Live before the countdown, still at 5 s or more, could run out.
   await page.evaluate(() => document.dispatchEvent(new Event('visibilitychange', { bubbles: true })));
-  await expect(badge).toHaveText('Live', { timeout: 3_000 });
+  await expect(status).toHaveText('Live', { timeout: 3_000 });
+});
+
+test('a frozen server is noticed within two ping intervals, and the socket comes back when it thaws', async ({ page }) => {
+  await server.dispose();
+  server = await PulseServer.start({ ...ENV, PULSE_WS_PING_INTERVAL: '1s' });
+  // The page learns the server's ping interval from its first pong.
+  const pong = new Promise<void>((resolve) => {
+    page.on('websocket', (ws) =>
+      ws.on('framereceived', (f) => {
+        if (String(f.payload).includes('"pong"')) resolve();
+      }),
+    );
+  });
+  await page.goto(server.url + '/chat');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  const status = page.getByTestId('chat-status');
+  await expect(status).toHaveText('Live');
+  await pong;
+
+  // The socket stays open, but nothing comes: after 2 × 1 s it counts as dead.
+  server.freeze();
+  await expect(status).not.toHaveText('Live', { timeout: 3_000 });
+  server.thaw();
+  await expect(status).toHaveText('Live', { timeout: 20_000 });
 });

@@ -77,10 +77,21 @@ export class PulseServer {
   async stop(): Promise<void> {
     const proc = this.proc;
     if (!proc || proc.exitCode !== null) return;
+    proc.kill('SIGCONT'); // a frozen process cannot act on SIGTERM
     const exited = new Promise((resolve) => proc.once('exit', resolve));
     proc.kill('SIGTERM');
     await exited;
     this.proc = undefined;
+  }
+
+  /** Freezes the process (SIGSTOP): its sockets stay open but go silent. */
+  freeze(): void {
+    this.proc?.kill('SIGSTOP');
+  }
+
+  /** Lets a frozen process run on (SIGCONT). */
+  thaw(): void {
+    this.proc?.kill('SIGCONT');
   }
 
   /** Stops the server and removes its directory. */

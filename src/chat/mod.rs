@@ -198,6 +198,8 @@ impl ChatState {
                     };
                 }
             }),
+            // The socket's own business (liveness), not the page's.
+            ServerMessage::Pong { .. } => {}
             ServerMessage::Left { room } => self.rooms.update(|rooms| {
                 rooms.remove(&room);
             }),

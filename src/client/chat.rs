@@ -123,7 +123,9 @@ mod browser {
     use gloo_net::websocket::{Message, State, WebSocketError};
     use leptos::prelude::*;
 
-    use super::super::retry::{sleep, timeout, Backoff, Wakeups, CONNECT_TIMEOUT};
+    use gloo_timers::future::IntervalStream;
+
+    use super::super::retry::{timeout, Backoff, Wakeups, CONNECT_TIMEOUT};
     use super::super::ConnState;
     use crate::chat::ChatState;
     use crate::protocol::{ClientMessage, ServerMessage, CLOSE_TOKEN_EXPIRED, WS_PATH};
@@ -131,6 +133,15 @@ mod browser {
 
     /// Renew the session this long before it expires.
     const RENEW_BEFORE_S: u64 = 300;
+
+    /// Period of the socket's clock (pings, liveness, renewal), in ms.
+    const TICK_MS: u32 = 250;
+
+    /// The server's ping period until its first `pong` says (its default).
+    const DEFAULT_PING_INTERVAL_MS: f64 = 20_000.0;
+
+    /// Shortest ping period taken from a server, in ms.
+    const MIN_PING_INTERVAL_MS: f64 = 1_000.0;
 
     /// How one socket's life ended.
     enum End {
@@ -243,19 +254,33 @@ mod browser {
                 return End::Closed(1006);
             }
         }
-        let mut renew_in = renewal_delay(*link.expires_at);
+        // One clock for everything timed while the socket is open: a timer
+        // per branch would restart with every frame and never fire.
+        let mut tick = IntervalStream::new(TICK_MS).fuse();
+        let now = js_sys::Date::now;
+        let mut renew_at = now() + renewal_delay(*link.expires_at).as_millis() as f64;
+        // Until the server says how often it pings (in its first `pong`).
+        let mut interval_ms = DEFAULT_PING_INTERVAL_MS;
+        let mut heard_at = now();
+        let mut ping_at = now();
         loop {
             futures::select! {
-                frame = stream.next().fuse() => match frame {
-                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
-                        Ok(msg) => state.apply(msg),
-                        Err(e) => leptos::logging::warn!("unreadable frame from the server: {e}"),
-                    },
-                    Some(Ok(Message::Bytes(_))) => {}
-                    Some(Err(WebSocketError::ConnectionClose(close))) => return End::Closed(close.code),
-                    Some(Err(_)) => {}
-                    None => return End::Closed(1006),
-                },
+                frame = stream.next().fuse() => {
+                    heard_at = now();
+                    match frame {
+                        Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
+                            Ok(ServerMessage::Pong { ping_interval_ms }) => {
+                                interval_ms = (ping_interval_ms as f64).max(MIN_PING_INTERVAL_MS);
+                            }
+                            Ok(msg) => state.apply(msg),
+                            Err(e) => leptos::logging::warn!("unreadable frame from the server: {e}"),
+                        },
+                        Some(Ok(Message::Bytes(_))) => {}
+                        Some(Err(WebSocketError::ConnectionClose(close))) => return End::Closed(close.code),
+                        Some(Err(_)) => {}
+                        None => return End::Closed(1006),
+                    }
+                }
                 _ = link.wake.went_offline().fuse() => return End::Closed(1006),
                 msg = link.queue.next() => {
                     let Some(msg) = msg else { return End::Closed(1000) };
@@ -263,21 +288,37 @@ mod browser {
                         return End::Closed(1006);
                     }
                 }
-                _ = sleep(renew_in).fuse() => match renew_session().await {
-                    Ok(session) => {
-                        // Reconnect quietly with the fresh cookie before the
-                        // old token's `exp` closes this socket; rejoining
-                        // fills any gap from history.
-                        *link.expires_at = session.expires_at;
-                        state.session.set(Some(session));
-                        return End::Renewed;
+                _ = tick.next() => {
+                    let t = now();
+                    // Open but silent (a NAT dropped it, the server froze):
+                    // as good as closed.
+                    if t - heard_at > 2.0 * interval_ms {
+                        return End::Closed(1006);
                     }
-                    Err(e) => {
-                        // Try again in two minutes; the socket lives until `exp` anyway.
-                        leptos::logging::warn!("cannot renew the session yet: {e}");
-                        renew_in = Duration::from_secs(120);
+                    if t >= ping_at {
+                        ping_at = t + interval_ms;
+                        if send(&mut sink, &ClientMessage::Ping).await.is_err() {
+                            return End::Closed(1006);
+                        }
                     }
-                },
+                    if t >= renew_at {
+                        match renew_session().await {
+                            Ok(session) => {
+                                // Reconnect quietly with the fresh cookie before the
+                                // old token's `exp` closes this socket; rejoining
+                                // fills any gap from history.
+                                *link.expires_at = session.expires_at;
+                                state.session.set(Some(session));
+                                return End::Renewed;
+                            }
+                            Err(e) => {
+                                // Try again in two minutes; the socket lives until `exp` anyway.
+                                leptos::logging::warn!("cannot renew the session yet: {e}");
+                                renew_at = now() + 120_000.0;
+                            }
+                        }
+                    }
+                }
             }
         }
     }

@@ -79,7 +79,9 @@ mod browser {
     use gloo_net::eventsource::futures::EventSource;
     use gloo_net::eventsource::State;
 
-    use super::super::retry::{sleep, Backoff, Wakeups, CONNECT_TIMEOUT};
+    use gloo_timers::future::IntervalStream;
+
+    use super::super::retry::{Backoff, Wakeups, CONNECT_TIMEOUT};
     use super::{ConnState, Received};
 
     /// How often the stream's state is looked at (gloo-net reports an
@@ -99,6 +101,9 @@ mod browser {
                 if let Ok(mut events) = source.subscribe("message") {
                     let mut waited = Duration::ZERO;
                     let mut opened = false;
+                    // One timer for the stream's life (one per turn of the
+                    // loop would restart with every event).
+                    let mut look = IntervalStream::new(LOOK.as_millis() as u32).fuse();
                     loop {
                         futures::select! {
                             event = events.next().fuse() => match event {
@@ -117,7 +122,7 @@ mod browser {
                                 Some(Err(_)) | None => break,
                             },
                             _ = wake.went_offline().fuse() => break,
-                            _ = sleep(LOOK).fuse() => match source.state() {
+                            _ = look.next() => match source.state() {
                                 State::Open if !opened => {
                                     opened = true;
                                     backoff.reset();

@@ -63,6 +63,9 @@ pub enum ClientMessage {
         /// The text (1–2000 characters after trimming).
         text: String,
     },
+    /// Are you there? Answered with `pong`. Browsers cannot see WebSocket
+    /// pings, so this is how a page tells a live socket from a dead one.
+    Ping,
 }
 
 /// Someone in a room: their id (unique, stable) and display name (shown,
@@ -156,6 +159,12 @@ pub enum ServerMessage {
     Health {
         /// False while the other servers are unreachable.
         other_servers: bool,
+    },
+    /// Answers `ping` (at most twice a second per socket).
+    Pong {
+        /// How often the server pings this socket; a client that hears
+        /// nothing for twice this long may take the socket for dead.
+        ping_interval_ms: u64,
     },
 }
 

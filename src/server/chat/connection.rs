@@ -36,6 +36,9 @@ use crate::server::metrics::{self, Transport};
 use crate::server::sessions::SessionHold;
 use crate::server::text;
 
+/// Shortest time between two pongs to one socket: more pings are ignored.
+const MIN_PONG_GAP: Duration = Duration::from_millis(500);
+
 /// How long the writer may take to send the last frames and the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -170,6 +173,7 @@ async fn serve(reader: Reader) {
         });
     }
     let mut bus_gone = false;
+    let mut last_pong: Option<Instant> = None;
     let mut ping =
         tokio::time::interval_at(Instant::now() + chat.ping_interval, chat.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -211,7 +215,8 @@ async fn serve(reader: Reader) {
                             break End::Close(CLOSE_TOO_BIG, "frame too large");
                         }
                         metrics::message_received();
-                        handle(&chat, id, &user, &outbox, &mut joined, text.as_str()).await;
+                        let socket = Socket { id, user: &user, outbox: &outbox, joined: &mut joined, last_pong: &mut last_pong };
+                        handle(&chat, socket, text.as_str()).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
                         metrics::invalid_message();
@@ -260,15 +265,29 @@ fn read_error(e: axum::Error) -> End {
     }
 }
 
-/// Acts on one text frame from the client.
-async fn handle(
-    chat: &Chat,
+/// What [`handle`] works on: one socket's own state.
+struct Socket<'a> {
+    /// This connection in the hub.
     id: ConnId,
-    user: &User,
-    outbox: &Outbox,
-    joined: &mut BTreeSet<String>,
-    text: &str,
-) {
+    /// Its user.
+    user: &'a User,
+    /// Its outbound queue.
+    outbox: &'a Outbox,
+    /// The rooms it is in.
+    joined: &'a mut BTreeSet<String>,
+    /// When it was last answered a `pong`.
+    last_pong: &'a mut Option<Instant>,
+}
+
+/// Acts on one text frame from the client.
+async fn handle(chat: &Chat, socket: Socket<'_>, text: &str) {
+    let Socket {
+        id,
+        user,
+        outbox,
+        joined,
+        last_pong,
+    } = socket;
     let msg = match serde_json::from_str::<ClientMessage>(text) {
         Ok(msg) => msg,
         Err(e) => {
@@ -281,6 +300,14 @@ async fn handle(
         }
     };
     match msg {
+        ClientMessage::Ping => {
+            if last_pong.is_none_or(|at| at.elapsed() >= MIN_PONG_GAP) {
+                *last_pong = Some(Instant::now());
+                outbox.send(&ServerMessage::Pong {
+                    ping_interval_ms: chat.ping_interval.as_millis() as u64,
+                });
+            }
+        }
         ClientMessage::Join { room } => {
             if !joined.contains(&room) && joined.len() >= MAX_ROOMS_PER_CONNECTION {
                 outbox.send(&error(
