@@ -94,6 +94,7 @@ async fn a_redis_outage_keeps_local_delivery_and_heals_by_itself() {
     for c in [&mut ada, &mut amy, &mut bob] {
         c.join("general").await;
     }
+    let mut feed = support::Sse::open(&a.url, None).await;
 
     redis.stop().await;
     a.wait_ready(503).await;
@@ -104,6 +105,14 @@ async fn a_redis_outage_keeps_local_delivery_and_heals_by_itself() {
     // …and so is a client that connects during the outage, at once.
     let mut late = Client::connect(&a, "Late").await;
     assert_eq!(late.recv_type("health").await["other_servers"], false);
+    // The feed's streams are told too, new ones at once.
+    let health = next_of_kind(&mut feed, "health").await;
+    assert_eq!(health["other_servers"], false, "{health}");
+    let mut late_feed = support::Sse::open(&a.url, None).await;
+    assert_eq!(
+        next_of_kind(&mut late_feed, "health").await["other_servers"],
+        false
+    );
     // Clients of the same instance still talk, and lose nothing.
     for i in 0..20 {
         ada.say("general", &format!("during {i}")).await;
@@ -120,6 +129,10 @@ async fn a_redis_outage_keeps_local_delivery_and_heals_by_itself() {
     b.wait_ready(200).await;
     assert_eq!(ada.recv_type("health").await["other_servers"], true);
     assert_eq!(late.recv_type("health").await["other_servers"], true);
+    assert_eq!(
+        next_of_kind(&mut feed, "health").await["other_servers"],
+        true
+    );
     // Same sockets, no reconnect: cross-instance delivery is back.
     ada.say("general", "after the outage").await;
     let m = bob.recv_type("message").await;
@@ -314,5 +327,15 @@ async fn every_key_pulse_writes_to_redis_expires() {
             .await
             .unwrap();
         assert!(ttl > 0, "{key} has no expiry (PTTL {ttl})");
+    }
+}
+
+/// The data of the next event of type `kind` on `sse`.
+async fn next_of_kind(sse: &mut support::Sse, kind: &str) -> serde_json::Value {
+    loop {
+        let frame = sse.next_event().await;
+        if frame.kind() == Some(kind) {
+            return frame.data.unwrap_or_default();
+        }
     }
 }

@@ -79,7 +79,7 @@ test('chat: input disabled while disconnected; reconnects by itself and fills th
   await expect(messages(bob).last().locator('.msg-text')).toHaveText('before the restart');
 
   await server.stop();
-  await expect(status(bob)).toHaveText(/^(Reconnecting in \d+ s|Connecting…)$/);
+  await expect(status(bob)).toHaveText(/^(Reconnecting in \d+ s|Reconnecting…)$/);
   await expect(input(bob)).toBeDisabled();
   await expect(send(bob)).toBeDisabled();
 

@@ -48,18 +48,24 @@ test('with Redis: a page whose server is replaced reconnects and keeps chatting,
   await expect(texts(page)).toHaveText(['kept in redis', 'and chatting on']);
 });
 
-test('with Redis down, the badge says the other servers are out of reach, and clears when it is back', async ({ page }) => {
+test('with Redis down, the badges say the other servers are out of reach, and clear when it is back', async ({ page, context }) => {
   await page.goto(server.url + '/chat');
   await page.getByRole('button', { name: 'Sign in' }).click();
   const status = page.getByTestId('chat-status');
   await expect(status).toHaveText('Live');
+  const feed = await context.newPage();
+  await feed.goto(server.url);
+  const feedStatus = feed.getByTestId('feed-status');
+  await expect(feedStatus).toHaveText('Live');
 
   await redis.stop();
   await expect(status).toHaveText('Live · other servers unreachable');
+  await expect(feedStatus).toHaveText('Live · other servers unreachable');
   // This server's own members still talk.
   await say(page, 'heard here only');
   await expect(texts(page)).toHaveText(['heard here only']);
 
   await redis.launch();
   await expect(status).toHaveText('Live', { timeout: 20_000 });
+  await expect(feedStatus).toHaveText('Live');
 });

@@ -141,7 +141,7 @@ impl Backoff {
                 _ = wake.next().fuse() => self.attempts = 0,
                 _ = sleep(Duration::from_millis(backoff::MAX_MS as u64)).fuse() => {}
             }
-            report(ConnState::Connecting);
+            report(ConnState::Retrying);
             return;
         }
         let deadline = js_sys::Date::now() + delay;
@@ -163,6 +163,6 @@ impl Backoff {
                 break;
             }
         }
-        report(ConnState::Connecting);
+        report(ConnState::Retrying);
     }
 }

@@ -14,6 +14,8 @@ pub enum ConnState {
     LiveAlone,
     /// Waiting this many seconds before the next attempt.
     Reconnecting(u32),
+    /// Trying again after a failure (the attempt is under way).
+    Retrying,
     /// The browser is offline: waiting for the network to come back.
     Offline,
     /// Not connected and not trying (signed out, or the session ended).
@@ -33,6 +35,7 @@ impl ConnState {
             ConnState::Live => "Live".into(),
             ConnState::LiveAlone => "Live · other servers unreachable".into(),
             ConnState::Reconnecting(s) => format!("Reconnecting in {s} s"),
+            ConnState::Retrying => "Reconnecting…".into(),
             ConnState::Offline => "Offline".into(),
             ConnState::Stopped => "Disconnected".into(),
         }
@@ -45,7 +48,7 @@ impl ConnState {
             ConnState::Connecting => "Connecting",
             ConnState::Live => "Live",
             ConnState::LiveAlone => "Live, other servers unreachable",
-            ConnState::Reconnecting(_) => "Reconnecting",
+            ConnState::Reconnecting(_) | ConnState::Retrying => "Reconnecting",
             ConnState::Offline => "Offline",
             ConnState::Stopped => "Disconnected",
         }
@@ -57,7 +60,7 @@ impl ConnState {
             ConnState::Live => "badge badge-live",
             ConnState::LiveAlone => "badge badge-degraded",
             ConnState::Connecting => "badge badge-connecting",
-            ConnState::Reconnecting(_) => "badge badge-reconnecting",
+            ConnState::Reconnecting(_) | ConnState::Retrying => "badge badge-reconnecting",
             ConnState::Offline | ConnState::Stopped => "badge badge-offline",
         }
     }

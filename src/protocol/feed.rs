@@ -44,6 +44,14 @@ pub enum FeedEvent {
         /// Server time, milliseconds since the Unix epoch.
         timestamp: u64,
     },
+    /// Whether this server reaches the other servers (with several
+    /// instances); while it does not, notifications published elsewhere do
+    /// not arrive here. Not an event of the feed (no `id:`): sent when a
+    /// stream opens while they are unreachable, and on each change.
+    Health {
+        /// False while the other servers are unreachable.
+        other_servers: bool,
+    },
 }
 
 /// A feed event together with its SSE `id:` (its place in the sequence).

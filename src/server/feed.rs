@@ -90,6 +90,8 @@ pub struct Feed {
     live: broadcast::Sender<Frame>,
     /// The `retry:` hint every stream starts with.
     retry: Encoded,
+    /// Whether the other instances can be reached (told to new streams).
+    reachable: std::sync::atomic::AtomicBool,
 }
 
 /// What a new stream gets: the frames to replay, then the live channel.
@@ -123,6 +125,7 @@ impl Feed {
             }),
             live,
             retry: encoded(format!("retry: {}\n\n", retry.as_millis())),
+            reachable: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -166,6 +169,21 @@ impl Feed {
         id
     }
 
+    /// Tells every open stream (and every new one, while it lasts) whether
+    /// the other instances can be reached.
+    pub fn set_reachable(&self, other_servers: bool) {
+        let _backlog = self.lock(); // in order with subscriptions
+        self.reachable
+            .store(other_servers, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.live.send(Frame {
+            id: None,
+            bytes: encoded(format!(
+                "data: {}\n\n",
+                encode(&FeedEvent::Health { other_servers })
+            )),
+        });
+    }
+
     /// Sends a keep-alive comment to every open stream.
     pub fn keep_alive(&self) {
         let _ = self.live.send(Frame {
@@ -196,6 +214,14 @@ impl Feed {
                     .filter(|s| s.resume_key > last)
                     .map(|s| s.frame.bytes.clone()),
             );
+        }
+        if !self.reachable.load(std::sync::atomic::Ordering::Relaxed) {
+            replay.push(encoded(format!(
+                "data: {}\n\n",
+                encode(&FeedEvent::Health {
+                    other_servers: false
+                })
+            )));
         }
         Subscription {
             replay,
@@ -233,6 +259,7 @@ fn encode(event: &FeedEvent) -> String {
 pub async fn run(
     feed: Arc<Feed>,
     mut incoming: Incoming,
+    mut reachable: tokio::sync::watch::Receiver<bool>,
     period: Duration,
     keep_alive: Duration,
     shutdown: CancellationToken,
@@ -241,6 +268,7 @@ pub async fn run(
     // After a stall, carry on at the normal pace rather than in a burst.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut keep_alives = interval_at(Instant::now() + keep_alive, keep_alive);
+    let mut bus_gone = false;
     keep_alives.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -249,6 +277,10 @@ pub async fn run(
                 feed.publish(FeedEvent::Update { timestamp: now_ms(), value: fastrand::f64() });
             }
             _ = keep_alives.tick() => feed.keep_alive(),
+            changed = reachable.changed(), if !bus_gone => match changed {
+                Ok(()) => feed.set_reachable(*reachable.borrow_and_update()),
+                Err(_) => bus_gone = true,
+            },
             event = incoming.recv() => match event.as_deref() {
                 Some(BusEvent::Feed { event, id }) => {
                     feed.publish_remote(event.clone(), *id);

@@ -77,6 +77,7 @@ pub async fn run(
     tasks.spawn(feed::run(
         feed.clone(),
         bus.subscribe(),
+        bus.reachable(),
         app.feed_interval,
         app.sse_keep_alive,
         shutdown.clone(),

@@ -64,6 +64,17 @@ fn LiveFeed(initial: Vec<FeedItem>) -> impl IntoView {
         let Ok(event) = serde_json::from_str::<FeedEvent>(&received.data) else {
             return;
         };
+        if let FeedEvent::Health { other_servers } = event {
+            return status.update(|s| {
+                if s.is_live() {
+                    *s = if other_servers {
+                        ConnState::Live
+                    } else {
+                        ConnState::LiveAlone
+                    };
+                }
+            });
+        }
         let now = js_now();
         model.update(|m| {
             m.receive(event, &received.last_event_id, now);
@@ -102,9 +113,9 @@ fn LiveFeed(initial: Vec<FeedItem>) -> impl IntoView {
                     let value = match row.event {
                         FeedEvent::Update { value, .. } => format!("{value:.3}"),
                         FeedEvent::Gap => "missed events".to_string(),
-                        FeedEvent::Connected { .. } | FeedEvent::Notification { .. } => {
-                            "—".to_string()
-                        }
+                        FeedEvent::Connected { .. }
+                        | FeedEvent::Notification { .. }
+                        | FeedEvent::Health { .. } => "—".to_string(),
                     };
                     let ts = row.timestamp;
                     view! {

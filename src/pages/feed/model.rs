@@ -81,6 +81,8 @@ impl FeedModel {
                 None
             }
             FeedEvent::Connected { .. } => None,
+            // The connection's state, not an event of the feed.
+            FeedEvent::Health { .. } => return false,
         };
         if let Some(id) = id {
             if self.last_id.is_some_and(|last| id <= last) {
@@ -144,7 +146,7 @@ pub fn timestamp_of(event: &FeedEvent) -> Option<u64> {
         FeedEvent::Connected { timestamp }
         | FeedEvent::Update { timestamp, .. }
         | FeedEvent::Notification { timestamp, .. } => Some(*timestamp),
-        FeedEvent::Gap => None,
+        FeedEvent::Gap | FeedEvent::Health { .. } => None,
     }
 }
 
@@ -155,6 +157,7 @@ pub fn event_kind(event: &FeedEvent) -> &'static str {
         FeedEvent::Update { .. } => "update",
         FeedEvent::Gap => "gap",
         FeedEvent::Notification { .. } => "notification",
+        FeedEvent::Health { .. } => "health",
     }
 }
 

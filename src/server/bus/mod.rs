@@ -102,16 +102,21 @@ pub struct Bus {
     incoming: broadcast::Sender<Arc<BusEvent>>,
     /// Whether the other instances can be reached, as it changes.
     reachable: watch::Receiver<bool>,
+    /// With one instance: the never-changing sender of `reachable`, kept so
+    /// that its receivers wait rather than see it closed.
+    _constant: Option<Arc<watch::Sender<bool>>>,
 }
 
 impl Bus {
     /// One instance: publishing goes nowhere and nothing arrives.
     pub fn local() -> Bus {
+        // Nobody else to reach: nothing to report, ever.
+        let (constant, reachable) = watch::channel(true);
         Bus {
             link: None,
             incoming: broadcast::channel(1).0,
-            // Nobody else to reach: nothing to report, ever.
-            reachable: watch::channel(true).1,
+            reachable,
+            _constant: Some(Arc::new(constant)),
         }
     }
 
@@ -126,6 +131,7 @@ impl Bus {
             link: Some(Arc::new(link)),
             incoming,
             reachable,
+            _constant: None,
         })
     }
 
