@@ -32,7 +32,7 @@
 //!     across instances;
 //!   - `server::limits`, `server::text`, `server::clock`: per-user rates; the
 //!     rules for names and text; wall-clock stamps;
-//!   - `server::feed`: the ticker, the bounded backlog and the SSE endpoint;
+//!   - `server::feed`: the ticker, the bounded backlog; `feed::stream`, the SSE endpoint;
 //!   - `server::chat`: `GET /ws`, one task pair per socket, the rooms hub,
 //!     the byte-bounded outbox;
 //!   - `server::notify`, `server::stats`: notifications, the dashboard stream;
