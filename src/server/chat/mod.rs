@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::protocol::{is_valid_room, ServerMessage, MAX_FRAME_BYTES};
 use crate::server::admission::{refusal, KeyedCounter};
-use crate::server::auth::{token_from, AuthError};
+use crate::server::auth::{token_from, AuthError, Claims};
 use crate::server::bus::{Bus, BusEvent, BusStatus, Incoming};
 use crate::server::clock::now_ms;
 use crate::server::config::AppSettings;
@@ -235,36 +235,9 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: MaybeUpgrade,
 ) -> Response {
-    // The origin first: a cookie must never let another site in. The host is
-    // the one the client asked for (a trusted proxy's X-Forwarded-Host).
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = admitted.client.host.as_deref();
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|origin| chat.origin_allowed(origin, host));
-        if !allowed {
-            metrics::upgrade_rejected("origin");
-            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-        }
-    }
-    let verified = match token_from(&headers, uri.query()) {
-        Some(token) => chat.sessions.verify(&token).await,
-        None => Err(AuthError::Missing),
-    };
-    let claims = match verified {
+    let claims = match identify(&chat, &admitted, &uri, &headers).await {
         Ok(claims) => claims,
-        Err(e) => {
-            metrics::upgrade_rejected(match e {
-                AuthError::Missing => "no_token",
-                AuthError::Invalid(_) => "bad_token",
-            });
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                e.to_string(),
-            )
-                .into_response();
-        }
+        Err(refused) => return refused,
     };
     let ws = match ws.0 {
         Ok(ws) => ws,
@@ -273,23 +246,8 @@ pub async fn upgrade(
             return rejection;
         }
     };
-    let user = User {
-        id: Arc::from(claims.sub),
-        name: Arc::from(claims.name),
-    };
-    let Some(user_slot) = chat.sockets_per_user.try_acquire(user.id.clone()) else {
-        metrics::refused("per_user");
-        metrics::upgrade_rejected("per_user");
-        return refusal(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many open sockets for this user",
-        );
-    };
-    // The socket keeps the places it was admitted with for its whole life.
-    let places = connection::Places {
-        _connection: admitted.hold,
-        _stream: admitted.stream,
-        _user: user_slot,
+    let Some((user, places)) = take_place(&chat, admitted, &claims) else {
+        return too_many_sockets();
     };
     let id = chat.next_id.fetch_add(1, Ordering::Relaxed);
     // Counted from now, so a sign-out from here on closes the socket.
@@ -308,6 +266,75 @@ pub async fn upgrade(
         .on_upgrade(move |socket| {
             connection::run(socket, chat, id, user, session, claims.exp, places)
         })
+}
+
+/// The first checks of every chat connection, whatever its transport: 403
+/// for a foreign origin (a cookie must never let another site in), 401
+/// without a valid token. The host is the one the client asked for (a
+/// trusted proxy's X-Forwarded-Host).
+async fn identify(
+    chat: &Chat,
+    admitted: &Admitted,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+) -> Result<Claims, Response> {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = admitted.client.host.as_deref();
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|origin| chat.origin_allowed(origin, host));
+        if !allowed {
+            metrics::upgrade_rejected("origin");
+            return Err((StatusCode::FORBIDDEN, "origin not allowed").into_response());
+        }
+    }
+    let verified = match token_from(headers, uri.query()) {
+        Some(token) => chat.sessions.verify(&token).await,
+        None => Err(AuthError::Missing),
+    };
+    verified.map_err(|e| {
+        metrics::upgrade_rejected(match e {
+            AuthError::Missing => "no_token",
+            AuthError::Invalid(_) => "bad_token",
+        });
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            e.to_string(),
+        )
+            .into_response()
+    })
+}
+
+/// One of the user's places (none when they hold as many connections as
+/// they may: answer [`too_many_sockets`]), with the places the connection
+/// was admitted with: it keeps them for its whole life.
+fn take_place(
+    chat: &Chat,
+    admitted: Admitted,
+    claims: &Claims,
+) -> Option<(User, connection::Places)> {
+    let user = User {
+        id: Arc::from(claims.sub.as_str()),
+        name: Arc::from(claims.name.as_str()),
+    };
+    let user_slot = chat.sockets_per_user.try_acquire(user.id.clone())?;
+    let places = connection::Places {
+        _connection: admitted.hold,
+        _stream: admitted.stream,
+        _user: user_slot,
+    };
+    Some((user, places))
+}
+
+/// 429: the user holds as many connections as they may.
+fn too_many_sockets() -> Response {
+    metrics::refused("per_user");
+    metrics::upgrade_rejected("per_user");
+    refusal(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many open sockets for this user",
+    )
 }
 
 /// The upgrade, or the response that says why the request is not one; taken
