@@ -198,8 +198,10 @@ impl ChatState {
                     };
                 }
             }),
-            // The socket's own business (liveness), not the page's.
-            ServerMessage::Pong { .. } => {}
+            // The connection's own business, not the page's.
+            ServerMessage::Pong { .. }
+            | ServerMessage::Hello { .. }
+            | ServerMessage::Closed { .. } => {}
             ServerMessage::Left { room } => self.rooms.update(|rooms| {
                 rooms.remove(&room);
             }),

@@ -5,6 +5,26 @@ use serde::{Deserialize, Serialize};
 
 /// Path of the WebSocket endpoint.
 pub const WS_PATH: &str = "/ws";
+
+/// The HTTP fallback's downstream: an SSE stream of [`ServerMessage`]s, for
+/// networks that do not let WebSockets through.
+pub const CHAT_STREAM_PATH: &str = "/api/chat/stream";
+
+/// The HTTP fallback's upstream: `POST` a [`SendBody`].
+pub const CHAT_SEND_PATH: &str = "/api/chat/send";
+
+/// Most frames in one [`SendBody`].
+pub const MAX_FRAMES_PER_SEND: usize = 16;
+
+/// What a client of the HTTP fallback posts to [`CHAT_SEND_PATH`]: frames for
+/// its stream's connection, as it would send them on a WebSocket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SendBody {
+    /// The connection, as the stream's `hello` named it.
+    pub conn: String,
+    /// 1 to [`MAX_FRAMES_PER_SEND`] frames, acted on in order.
+    pub frames: Vec<ClientMessage>,
+}
 /// Query parameter that may carry the JWT (for clients that cannot set headers).
 pub const TOKEN_PARAM: &str = "token";
 /// Name of the HttpOnly cookie that carries the session's JWT.
@@ -159,6 +179,22 @@ pub enum ServerMessage {
     Health {
         /// False while the other servers are unreachable.
         other_servers: bool,
+    },
+    /// First frame of an HTTP fallback stream: the connection's name, for
+    /// the frames the client posts, and how often it hears from the server.
+    Hello {
+        /// The connection, for [`SendBody::conn`] (unguessable).
+        conn: String,
+        /// The stream carries a `pong` this often.
+        ping_interval_ms: u64,
+    },
+    /// Last frame of an HTTP fallback stream: why it ends, with the close
+    /// code a WebSocket would have had (4001: sign in again, …).
+    Closed {
+        /// The WebSocket close code.
+        code: u16,
+        /// Why.
+        reason: String,
     },
     /// Answers `ping` (at most twice a second per socket).
     Pong {

@@ -17,7 +17,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{shell, App};
-use crate::protocol::{FEED_PATH, NOTIFICATIONS_PATH, STATS_PATH, WS_PATH};
+use crate::protocol::{
+    CHAT_SEND_PATH, CHAT_STREAM_PATH, FEED_PATH, NOTIFICATIONS_PATH, STATS_PATH, WS_PATH,
+};
 use crate::server::bus::{Bus, BusStatus};
 use crate::server::chat::{self, Chat};
 use crate::server::feed::{self, Feed, FeedState};
@@ -91,6 +93,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(FEED_PATH, get(feed::events))
         .route(WS_PATH, get(chat::upgrade))
+        .route(CHAT_STREAM_PATH, get(chat::fallback::stream))
+        .route(CHAT_SEND_PATH, post(chat::fallback::send))
         .route(NOTIFICATIONS_PATH, post(notify::post))
         .route(STATS_PATH, get(stats::stream))
         .route("/healthz", get(|| async { "ok" }))

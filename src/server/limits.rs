@@ -15,6 +15,9 @@ pub struct RateLimits {
     messages: DefaultKeyedRateLimiter<Arc<str>>,
     /// Joins and leaves per user per minute.
     room_changes: DefaultKeyedRateLimiter<Arc<str>>,
+    /// Posts to the HTTP fallback per user per minute (each may cross the
+    /// bus before the other limits are checked).
+    posts: DefaultKeyedRateLimiter<Arc<str>>,
 }
 
 impl RateLimits {
@@ -24,6 +27,9 @@ impl RateLimits {
         RateLimits {
             messages: RateLimiter::keyed(Quota::per_minute(per_min)),
             room_changes: RateLimiter::keyed(Quota::per_minute(per_min)),
+            posts: RateLimiter::keyed(Quota::per_minute(
+                per_min.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)),
+            )),
         }
     }
 
@@ -38,9 +44,15 @@ impl RateLimits {
         check(&self.room_changes, user)
     }
 
+    /// `Ok` if `user` may post to the HTTP fallback now (twice the message
+    /// rate: posts carry joins and leaves too), else how long to wait.
+    pub fn post(&self, user: &Arc<str>) -> Result<(), Duration> {
+        check(&self.posts, user)
+    }
+
     /// Forgets users who have been quiet, so the state does not grow.
     pub fn forget_quiet(&self) {
-        for limiter in [&self.messages, &self.room_changes] {
+        for limiter in [&self.messages, &self.room_changes, &self.posts] {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }

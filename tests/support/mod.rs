@@ -194,11 +194,19 @@ impl Sse {
     }
 
     pub async fn open_path(url: &str, path: &str, last_event_id: Option<&str>) -> Sse {
+        let headers: Vec<(&str, &str)> = last_event_id
+            .map(|id| vec![("Last-Event-ID", id)])
+            .unwrap_or_default();
+        Self::open_with(url, path, &headers).await
+    }
+
+    /// Opens `GET {url}{path}` with `headers`; the answer must be 200.
+    pub async fn open_with(url: &str, path: &str, headers: &[(&str, &str)]) -> Sse {
         let mut req = reqwest::Client::new().get(format!("{url}{path}"));
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
-        let res = req.send().await.expect("GET /api/events");
+        let res = req.send().await.expect("GET an SSE stream");
         assert_eq!(res.status(), 200, "status of {path}");
         Sse {
             response_headers: res.headers().clone(),

@@ -53,6 +53,16 @@ pub enum BusEvent {
         /// Its id in the publishing instance's feed (for resumption).
         id: u64,
     },
+    /// Frames posted (HTTP fallback) for a connection held by another
+    /// instance; the one that holds it acts on them.
+    Frames {
+        /// The connection.
+        conn: String,
+        /// The user who posted them: the connection must be theirs.
+        user_id: String,
+        /// The frames, in order.
+        frames: Vec<crate::protocol::ClientMessage>,
+    },
     /// A session was signed out: close its sockets, refuse its token.
     Revoked {
         /// The session id.
@@ -177,6 +187,11 @@ impl Bus {
             BusStatus::Up => "redis (connected)",
             BusStatus::Down => "redis (disconnected)",
         }
+    }
+
+    /// This process's name on the bus (`local` with one instance).
+    pub fn instance(&self) -> &str {
+        self.link.as_ref().map_or("local", |link| link.instance())
     }
 
     /// The Redis connection, shared with presence; `None` with one instance.

@@ -265,22 +265,37 @@ fn read_error(e: axum::Error) -> End {
     }
 }
 
-/// What [`handle`] works on: one socket's own state.
-struct Socket<'a> {
+/// What [`act`] works on: one connection's own state.
+pub(super) struct Socket<'a> {
     /// This connection in the hub.
-    id: ConnId,
+    pub id: ConnId,
     /// Its user.
-    user: &'a User,
+    pub user: &'a User,
     /// Its outbound queue.
-    outbox: &'a Outbox,
+    pub outbox: &'a Outbox,
     /// The rooms it is in.
-    joined: &'a mut BTreeSet<String>,
+    pub joined: &'a mut BTreeSet<String>,
     /// When it was last answered a `pong`.
-    last_pong: &'a mut Option<Instant>,
+    pub last_pong: &'a mut Option<Instant>,
 }
 
 /// Acts on one text frame from the client.
 async fn handle(chat: &Chat, socket: Socket<'_>, text: &str) {
+    match serde_json::from_str::<ClientMessage>(text) {
+        Ok(msg) => act(chat, socket, msg).await,
+        Err(e) => {
+            metrics::invalid_message();
+            socket.outbox.send(&error(
+                ErrorCode::InvalidMessage,
+                format!("expected {{\"type\":\"join\"|\"leave\"|\"message\",…}}: {e}"),
+            ));
+        }
+    }
+}
+
+/// Acts on one frame from the client, whatever brought it (a WebSocket, or
+/// a POST of the HTTP fallback).
+pub(super) async fn act(chat: &Chat, socket: Socket<'_>, msg: ClientMessage) {
     let Socket {
         id,
         user,
@@ -288,17 +303,6 @@ async fn handle(chat: &Chat, socket: Socket<'_>, text: &str) {
         joined,
         last_pong,
     } = socket;
-    let msg = match serde_json::from_str::<ClientMessage>(text) {
-        Ok(msg) => msg,
-        Err(e) => {
-            metrics::invalid_message();
-            outbox.send(&error(
-                ErrorCode::InvalidMessage,
-                format!("expected {{\"type\":\"join\"|\"leave\"|\"message\",…}}: {e}"),
-            ));
-            return;
-        }
-    };
     match msg {
         ClientMessage::Ping => {
             if last_pong.is_none_or(|at| at.elapsed() >= MIN_PONG_GAP) {

@@ -6,6 +6,7 @@
 //! - [`hub`] holds the rooms and delivers to their members.
 
 pub mod connection;
+pub mod fallback;
 pub mod hub;
 pub mod outbox;
 
@@ -68,6 +69,8 @@ pub struct Chat {
     /// axum's, so the server waits on this at shutdown for the close frames
     /// to go out.
     sockets: TaskTracker,
+    /// The HTTP fallback's connections held here, by name.
+    inboxes: std::sync::Mutex<std::collections::HashMap<String, fallback::Inbox>>,
 }
 
 /// What [`Chat::new`] is built from besides the settings.
@@ -102,6 +105,7 @@ impl Chat {
             next_id: AtomicU64::new(1),
             shutdown: parts.shutdown,
             sockets: parts.sockets,
+            inboxes: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -177,6 +181,10 @@ impl Chat {
                 _ = presence.tick() => self.publish_presence(),
                 event = incoming.recv() => match event.as_deref() {
                     Some(BusEvent::Room { room, msg }) => self.hub.deliver_remote(room, msg),
+                    Some(BusEvent::Frames { conn, user_id, frames }) => {
+                        // Posted on another instance for a connection held here.
+                        let _ = self.deliver(conn, user_id, frames.clone());
+                    }
                     Some(_) => {}
                     None => return,
                 },

@@ -91,6 +91,11 @@ impl Outbox {
         self.push(encode(msg))
     }
 
+    /// Resolves once the receiving end is gone (the client went away).
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
     /// Resolves once the client has been found too slow.
     pub fn too_slow(&self) -> &CancellationToken {
         &self.too_slow
