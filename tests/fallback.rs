@@ -243,3 +243,24 @@ async fn a_post_that_reaches_another_instance_goes_to_the_stream_over_the_bus() 
     );
     assert_eq!(fay.recv_type("message").await["text"], "still mine");
 }
+
+#[tokio::test]
+async fn an_operator_can_turn_either_transport_off() {
+    let ws_only = ws::start(&[("PULSE_TRANSPORTS", "websocket")]).await;
+    let bearer = format!("Bearer {}", token("Fay"));
+    let res = reqwest::Client::new()
+        .get(format!("{}/api/chat/stream", ws_only.url))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let body = json!({"conn": "x.y", "frames": [{"type": "ping"}]});
+    assert_eq!(post(&ws_only, &token("Fay"), &body).await, 404);
+    Client::connect(&ws_only, "Fay").await;
+
+    let http_only = ws::start(&[("PULSE_TRANSPORTS", "http")]).await;
+    let status = ws::upgrade_status(&ws::ws_url(&http_only), &[("authorization", &bearer)]).await;
+    assert_eq!(status, 404);
+    Fallback::open(&http_only, "Fay").await;
+}

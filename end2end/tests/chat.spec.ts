@@ -257,3 +257,40 @@ test('chat: after sign-in the message box has the focus; a refused message stays
   await expect(input(page)).toHaveValue('three is too many');
   await expect(messages(page)).toHaveCount(2);
 });
+
+test('with WebSockets blocked, chat runs over HTTP with a WebSocket user, and moves back when they pass again', async ({ browser }) => {
+  const blockedContext = await browser.newContext();
+  const fay = await blockedContext.newPage();
+  // A network that does not let WebSockets through (a proxy stripping Upgrade).
+  let blocked = true;
+  await fay.routeWebSocket(/\/ws$/, (ws) => {
+    if (blocked) ws.close();
+    else ws.connectToServer();
+  });
+  const otherContext = await browser.newContext();
+  const wes = await otherContext.newPage();
+
+  await signIn(fay, '/chat', 'Fay');
+  await expect(fay.getByTestId('chat-transport')).toBeVisible();
+  await signIn(wes, '/chat', 'Wes');
+  await expect(wes.getByTestId('chat-transport')).toBeHidden();
+
+  await say(fay, 'over http');
+  await expect(messages(wes).last().locator('.msg-text')).toHaveText('over http');
+  await say(wes, 'over a socket');
+  await expect(messages(fay).last().locator('.msg-text')).toHaveText('over a socket');
+
+  // WebSockets pass again: on the next sign of a changed network (here the
+  // tab becoming visible) the client moves back to one.
+  blocked = false;
+  await fay.evaluate(() => document.dispatchEvent(new Event('visibilitychange', { bubbles: true })));
+  await expect(fay.getByTestId('chat-transport')).toBeHidden();
+  await expect(status(fay)).toHaveText('Live');
+  await say(fay, 'back on a socket');
+  await expect(messages(wes).last().locator('.msg-text')).toHaveText('back on a socket');
+  // Nothing lost or doubled across the switch.
+  await expect(messages(fay).locator('.msg-text')).toHaveText(['over http', 'over a socket', 'back on a socket']);
+  await expect(messages(wes).locator('.msg-text')).toHaveText(['over http', 'over a socket', 'back on a socket']);
+  await blockedContext.close();
+  await otherContext.close();
+});

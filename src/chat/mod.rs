@@ -112,6 +112,9 @@ pub struct ChatState {
     pub accepted: RwSignal<u64>,
     /// Set by signing in here, so the composer takes the focus.
     pub just_signed_in: RwSignal<bool>,
+    /// Whether the connection runs over the HTTP fallback (WebSockets do not
+    /// get through).
+    pub over_http: RwSignal<bool>,
     /// Keys for notices.
     next_notice: StoredValue<u64>,
 }
@@ -126,6 +129,7 @@ impl ChatState {
             awaiting: RwSignal::new(false),
             accepted: RwSignal::new(0),
             just_signed_in: RwSignal::new(false),
+            over_http: RwSignal::new(false),
             next_notice: StoredValue::new(0),
         }
     }
@@ -326,6 +330,9 @@ fn Connected(state: ChatState, body: fn(ChatState, Connection) -> AnyView) -> im
     view! {
         <div class="chat-head">
             <StatusBadge state=state.status testid="chat-status"/>
+            <span class="transport muted" data-testid="chat-transport" hidden=move || !state.over_http.get()>
+                "over HTTP (WebSockets are blocked)"
+            </span>
             <span class="whoami">
                 "Signed in as "
                 <strong data-testid="whoami">

@@ -123,9 +123,9 @@ mod browser {
     use gloo_net::websocket::{Message, State, WebSocketError};
     use leptos::prelude::*;
 
-    use gloo_timers::future::IntervalStream;
+    use gloo_timers::future::{IntervalStream, TimeoutFuture};
 
-    use super::super::retry::{timeout, Backoff, Wakeups, CONNECT_TIMEOUT};
+    use super::super::retry::{Backoff, Wakeups, CONNECT_TIMEOUT};
     use super::super::ConnState;
     use crate::chat::ChatState;
     use crate::protocol::{ClientMessage, ServerMessage, CLOSE_TOKEN_EXPIRED, WS_PATH};
@@ -134,19 +134,30 @@ mod browser {
     /// Renew the session this long before it expires.
     const RENEW_BEFORE_S: u64 = 300;
 
+    /// WebSocket attempts in a row that end before a single frame, after
+    /// which the HTTP fallback is used.
+    const SWITCH_AFTER: u32 = 2;
+
     /// Period of the socket's clock (pings, liveness, renewal), in ms.
     const TICK_MS: u32 = 250;
 
     /// The server's ping period until its first `pong` says (its default).
     const DEFAULT_PING_INTERVAL_MS: f64 = 20_000.0;
 
+    /// How often an opening socket's state is looked at, in ms.
+    const OPEN_LOOK_MS: u32 = 25;
+
     /// Shortest ping period taken from a server, in ms.
     const MIN_PING_INTERVAL_MS: f64 = 1_000.0;
 
-    /// How one socket's life ended.
+    /// How one connection's life ended.
     enum End {
         /// It never opened.
         Refused,
+        /// It opened, but ended before a single frame came.
+        Silent,
+        /// (HTTP fallback) A WebSocket opens again: carry on over it.
+        Upgrade(WebSocket),
         /// It closed with this code (1006 when the browser saw no close frame).
         Closed(u16),
         /// The session was renewed: open a new socket with the new cookie now.
@@ -161,22 +172,42 @@ mod browser {
     ) {
         let mut backoff = Backoff::default();
         let mut wake = Wakeups::new();
+        // WebSocket attempts in a row that ended before a single frame: a
+        // network that does not let WebSockets through looks like this.
+        let mut silent = 0;
+        // A WebSocket the fallback found open again.
+        let mut upgraded: Option<WebSocket> = None;
         loop {
-            let end = match ws_url().and_then(|url| WebSocket::open(&url).ok()) {
-                Some(ws) => {
-                    let mut link = Link {
-                        state,
-                        expires_at: &mut expires_at,
-                        rooms: &rooms,
-                        queue: &mut queue,
-                        backoff: &mut backoff,
-                        wake: &mut wake,
-                    };
-                    serve(ws, &mut link).await
-                }
-                None => End::Refused,
+            let mut link = Link {
+                state,
+                expires_at: &mut expires_at,
+                rooms: &rooms,
+                queue: &mut queue,
+                backoff: &mut backoff,
+                wake: &mut wake,
             };
+            let over_http = upgraded.is_none() && silent >= SWITCH_AFTER;
+            let end = match upgraded.take() {
+                Some(ws) => serve(ws, &mut link).await,
+                None if over_http => http::serve(&mut link).await,
+                None => match ws_url().and_then(|url| WebSocket::open(&url).ok()) {
+                    Some(ws) => serve(ws, &mut link).await,
+                    None => End::Refused,
+                },
+            };
+            match (&end, over_http) {
+                (End::Upgrade(_), _) => {}
+                // The fallback itself failed: try WebSockets again.
+                (End::Refused, true) => silent = 0,
+                (End::Refused | End::Silent, false) => silent += 1,
+                (_, false) => silent = 0,
+                (_, true) => {}
+            }
             match end {
+                End::Upgrade(ws) => {
+                    upgraded = Some(ws);
+                    continue;
+                }
                 End::Renewed => continue,
                 End::Closed(CLOSE_TOKEN_EXPIRED) => {
                     // The session ran out (or was signed out) under us: renew
@@ -202,7 +233,7 @@ mod browser {
                         }
                     }
                 }
-                End::Closed(_) => {}
+                End::Closed(_) | End::Silent => {}
             }
             // Frames typed while down are not sent late into another context.
             while queue.try_recv().is_ok() {}
@@ -228,16 +259,9 @@ mod browser {
 
     /// Runs one socket: waits for it to open (within the connect timeout),
     /// rejoins the rooms, then relays frames both ways until it ends.
-    async fn serve(mut ws: WebSocket, link: &mut Link<'_>) -> End {
+    async fn serve(ws: WebSocket, link: &mut Link<'_>) -> End {
         let state = link.state;
-        let opened = timeout(
-            CONNECT_TIMEOUT,
-            futures::future::poll_fn(|cx| {
-                futures::Sink::<Message>::poll_ready(std::pin::Pin::new(&mut ws), cx)
-            }),
-        )
-        .await;
-        if !matches!(opened, Some(Ok(()))) || !matches!(ws.state(), State::Open) {
+        if !opened(&ws).await {
             return End::Refused;
         }
         link.backoff.reset();
@@ -262,23 +286,42 @@ mod browser {
         // Until the server says how often it pings (in its first `pong`).
         let mut interval_ms = DEFAULT_PING_INTERVAL_MS;
         let mut heard_at = now();
+        let mut heard_any = false;
         let mut ping_at = now();
+        state.over_http.set(false);
+        // Closed before a single frame: the attempt counts as failed.
+        let ended = |code: u16, heard_any: bool| {
+            if heard_any {
+                End::Closed(code)
+            } else {
+                End::Silent
+            }
+        };
         loop {
             futures::select! {
                 frame = stream.next().fuse() => {
                     heard_at = now();
                     match frame {
-                        Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
-                            Ok(ServerMessage::Pong { ping_interval_ms }) => {
-                                interval_ms = (ping_interval_ms as f64).max(MIN_PING_INTERVAL_MS);
+                        Some(Ok(Message::Text(text))) => {
+                            heard_any = true;
+                            match serde_json::from_str::<ServerMessage>(&text) {
+                                Ok(ServerMessage::Pong { ping_interval_ms }) => {
+                                    interval_ms = (ping_interval_ms as f64).max(MIN_PING_INTERVAL_MS);
+                                }
+                                Ok(msg) => state.apply(msg),
+                                Err(e) => leptos::logging::warn!("unreadable frame from the server: {e}"),
                             }
-                            Ok(msg) => state.apply(msg),
-                            Err(e) => leptos::logging::warn!("unreadable frame from the server: {e}"),
-                        },
-                        Some(Ok(Message::Bytes(_))) => {}
-                        Some(Err(WebSocketError::ConnectionClose(close))) => return End::Closed(close.code),
+                        }
+                        Some(Ok(Message::Bytes(_))) => heard_any = true,
+                        Some(Err(WebSocketError::ConnectionClose(close))) => {
+                            return if close.code == CLOSE_TOKEN_EXPIRED {
+                                End::Closed(close.code)
+                            } else {
+                                ended(close.code, heard_any)
+                            };
+                        }
                         Some(Err(_)) => {}
-                        None => return End::Closed(1006),
+                        None => return ended(1006, heard_any),
                     }
                 }
                 _ = link.wake.went_offline().fuse() => return End::Closed(1006),
@@ -301,24 +344,45 @@ mod browser {
                             return End::Closed(1006);
                         }
                     }
-                    if t >= renew_at {
-                        match renew_session().await {
-                            Ok(session) => {
-                                // Reconnect quietly with the fresh cookie before the
-                                // old token's `exp` closes this socket; rejoining
-                                // fills any gap from history.
-                                *link.expires_at = session.expires_at;
-                                state.session.set(Some(session));
-                                return End::Renewed;
-                            }
-                            Err(e) => {
-                                // Try again in two minutes; the socket lives until `exp` anyway.
-                                leptos::logging::warn!("cannot renew the session yet: {e}");
-                                renew_at = now() + 120_000.0;
-                            }
-                        }
+                    if t >= renew_at && renew(link, &mut renew_at).await {
+                        return End::Renewed;
                     }
                 }
+            }
+        }
+    }
+
+    /// Whether `ws` opens within the connect timeout. Its state is looked at
+    /// rather than waited on: a socket can close without an `error` event
+    /// (a proxy, a browser extension), which gloo-net's readiness would
+    /// never report.
+    async fn opened(ws: &WebSocket) -> bool {
+        let deadline = js_sys::Date::now() + CONNECT_TIMEOUT.as_millis() as f64;
+        loop {
+            match ws.state() {
+                State::Open => return true,
+                State::Closing | State::Closed => return false,
+                State::Connecting if js_sys::Date::now() > deadline => return false,
+                State::Connecting => TimeoutFuture::new(OPEN_LOOK_MS).await,
+            }
+        }
+    }
+
+    /// Renews the session; true once renewed (the caller reconnects quietly
+    /// with the fresh cookie before the old token's `exp` closes it;
+    /// rejoining fills any gap from history). On failure, tries again in
+    /// two minutes: the connection lives until `exp` anyway.
+    async fn renew(link: &mut Link<'_>, renew_at: &mut f64) -> bool {
+        match renew_session().await {
+            Ok(session) => {
+                *link.expires_at = session.expires_at;
+                link.state.session.set(Some(session));
+                true
+            }
+            Err(e) => {
+                leptos::logging::warn!("cannot renew the session yet: {e}");
+                *renew_at = js_sys::Date::now() + 120_000.0;
+                false
             }
         }
     }
@@ -355,5 +419,152 @@ mod browser {
             _ => "ws",
         };
         Some(format!("{scheme}://{}{WS_PATH}", location.host().ok()?))
+    }
+
+    /// The HTTP fallback: the connection's frames come down an SSE stream
+    /// (`GET /api/chat/stream`), the client's go up as posts
+    /// (`POST /api/chat/send`). Every half minute, and whenever the browser
+    /// says the network changed, it tries a WebSocket again, and moves back
+    /// to one as soon as it opens (rejoining fills any gap from history; the
+    /// page drops what it already has).
+    mod http {
+        use futures::future::FusedFuture;
+        use futures::{FutureExt, StreamExt};
+        use gloo_net::eventsource::futures::EventSource;
+        use gloo_timers::future::IntervalStream;
+        use leptos::prelude::Set;
+
+        use super::super::super::retry::{timeout, CONNECT_TIMEOUT};
+        use super::super::super::ConnState;
+        use super::{
+            opened, renew, renewal_delay, ws_url, End, Link, MIN_PING_INTERVAL_MS, TICK_MS,
+        };
+        use crate::protocol::{
+            ClientMessage, SendBody, ServerMessage, CHAT_SEND_PATH, CHAT_STREAM_PATH,
+        };
+        use gloo_net::websocket::futures::WebSocket;
+
+        /// How often a WebSocket is tried again while on the fallback, in ms.
+        const PROBE_EVERY_MS: f64 = 30_000.0;
+
+        /// Runs the fallback until it ends (or a WebSocket opens again).
+        pub async fn serve(link: &mut Link<'_>) -> End {
+            let state = link.state;
+            let Ok(mut source) = EventSource::new(CHAT_STREAM_PATH) else {
+                return End::Refused;
+            };
+            let Ok(mut frames) = source.subscribe("message") else {
+                return End::Refused;
+            };
+            // The stream starts with the connection's name.
+            let first = timeout(CONNECT_TIMEOUT, frames.next()).await;
+            let Some(Some(Ok((_, first)))) = first else {
+                return End::Refused;
+            };
+            let hello = first
+                .data()
+                .as_string()
+                .and_then(|text| serde_json::from_str::<ServerMessage>(&text).ok());
+            let Some(ServerMessage::Hello {
+                conn,
+                ping_interval_ms,
+            }) = hello
+            else {
+                return End::Refused;
+            };
+            link.backoff.reset();
+            state.awaiting.set(false);
+            state.over_http.set(true);
+            state.status.set(ConnState::Live);
+            let rejoin: Vec<ClientMessage> = super::super::lock(link.rooms)
+                .iter()
+                .map(|room| ClientMessage::Join { room: room.clone() })
+                .collect();
+            if !rejoin.is_empty() && !post(&conn, rejoin).await {
+                return End::Closed(1006);
+            }
+
+            let now = js_sys::Date::now;
+            let mut tick = IntervalStream::new(TICK_MS).fuse();
+            let interval_ms = (ping_interval_ms as f64).max(MIN_PING_INTERVAL_MS);
+            let mut renew_at = now() + renewal_delay(*link.expires_at).as_millis() as f64;
+            let mut heard_at = now();
+            let mut probe_at = now() + PROBE_EVERY_MS;
+            let mut probe = futures::future::Fuse::terminated();
+            loop {
+                futures::select! {
+                    frame = frames.next().fuse() => {
+                        heard_at = now();
+                        let Some(Ok((_, frame))) = frame else { return End::Closed(1006) };
+                        match frame.data().as_string().map(|t| serde_json::from_str::<ServerMessage>(&t)) {
+                            Some(Ok(ServerMessage::Closed { code, .. })) => return End::Closed(code),
+                            Some(Ok(ServerMessage::Pong { .. } | ServerMessage::Hello { .. })) => {}
+                            Some(Ok(msg)) => state.apply(msg),
+                            _ => leptos::logging::warn!("unreadable frame from the server"),
+                        }
+                    }
+                    // Offline ends the connection; another sign that the
+                    // network changed is the moment to try a WebSocket.
+                    offline = link.wake.any().fuse() => {
+                        if offline {
+                            return End::Closed(1006);
+                        }
+                        if probe.is_terminated() {
+                            probe = open_websocket().boxed_local().fuse();
+                        }
+                    }
+                    msg = link.queue.next() => {
+                        let Some(msg) = msg else { return End::Closed(1000) };
+                        if !post(&conn, vec![msg]).await {
+                            // The connection is gone (or the server is): start over.
+                            return End::Closed(1006);
+                        }
+                    }
+                    ws = probe => {
+                        if let Some(ws) = ws {
+                            source.close();
+                            return End::Upgrade(ws);
+                        }
+                    }
+                    _ = tick.next() => {
+                        let t = now();
+                        if t - heard_at > 2.0 * interval_ms {
+                            return End::Closed(1006);
+                        }
+                        if t >= probe_at && probe.is_terminated() {
+                            probe_at = t + PROBE_EVERY_MS;
+                            probe = open_websocket().boxed_local().fuse();
+                        }
+                        if t >= renew_at && renew(link, &mut renew_at).await {
+                            return End::Renewed;
+                        }
+                    }
+                }
+            }
+        }
+
+        /// A WebSocket that opened, if one does now.
+        async fn open_websocket() -> Option<WebSocket> {
+            let ws = WebSocket::open(&ws_url()?).ok()?;
+            opened(&ws).await.then_some(ws)
+        }
+
+        /// Posts `frames` for connection `conn`; false if the server did not
+        /// take them (the connection is gone, or the server is).
+        async fn post(conn: &str, frames: Vec<ClientMessage>) -> bool {
+            let body = SendBody {
+                conn: conn.to_string(),
+                frames,
+            };
+            let Ok(request) = gloo_net::http::Request::post(CHAT_SEND_PATH).json(&body) else {
+                return false;
+            };
+            match request.send().await {
+                Ok(res) if res.ok() => true,
+                // Refused for its content or rate: the page says why.
+                Ok(res) if matches!(res.status(), 400 | 413 | 429) => true,
+                _ => false,
+            }
+        }
     }
 }

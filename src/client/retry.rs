@@ -94,9 +94,18 @@ impl Wakeups {
     }
 
     /// Resolves at the next sign.
-    async fn next(&mut self) {
+    pub async fn next(&mut self) {
         if self.rx.next().await.is_none() {
             futures::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves at the next sign of either kind: true when the browser went
+    /// offline, false for a sign that the network is worth trying.
+    pub async fn any(&mut self) -> bool {
+        futures::select! {
+            gone = self.offline.next() => gone.is_some(),
+            _ = self.rx.next() => false,
         }
     }
 

@@ -162,6 +162,17 @@ pub struct AppSettings {
           value_parser = RangedU64ValueParser::<usize>::new().range(65536..))]
     pub ws_queue_bytes: usize,
 
+    /// Chat transports offered, comma-separated: websocket, and http (the
+    /// fallback over SSE and POST for networks that block WebSockets).
+    #[arg(
+        long,
+        env = "PULSE_TRANSPORTS",
+        global = true,
+        value_delimiter = ',',
+        default_value = "websocket,http"
+    )]
+    pub transports: Vec<ChatTransport>,
+
     /// Origins allowed to open a WebSocket, comma-separated, e.g.
     /// https://chat.example.com (default: the site's own).
     #[arg(long, env = "PULSE_ALLOWED_ORIGINS", global = true, value_delimiter = ',',
@@ -255,6 +266,16 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+/// A way the chat reaches browsers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatTransport {
+    /// `GET /ws`.
+    Websocket,
+    /// `GET /api/chat/stream` + `POST /api/chat/send`.
+    Http,
 }
 
 /// A listening address that can be turned `off`.
@@ -364,6 +385,9 @@ impl AppSettings {
     /// The rules that tie settings together (each setting's own bounds are
     /// in its declaration).
     fn check(&self) -> Result<(), String> {
+        if self.transports.is_empty() {
+            return Err("PULSE_TRANSPORTS must name websocket, http or both".into());
+        }
         if self.session_ttl > self.max_token_ttl {
             return Err(format!(
                 "PULSE_SESSION_TTL ({}) may be at most PULSE_MAX_TOKEN_TTL ({})",

@@ -32,7 +32,7 @@ use tracing::Instrument;
 use super::connection::{self, Places, Socket};
 use super::hub::{ConnId, User};
 use super::outbox::{Outbox, Queue};
-use super::{identify, take_place, too_many_sockets, Chat};
+use super::{identify, take_place, too_many_sockets, turned_off, Chat};
 use crate::protocol::{
     ClientMessage, SendBody, ServerMessage, CLOSE_GOING_AWAY, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_SLOW,
     MAX_FRAMES_PER_SEND, MAX_FRAME_BYTES,
@@ -115,6 +115,9 @@ pub async fn stream(
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
 ) -> Response {
+    if !chat.http {
+        return turned_off("HTTP fallback streams");
+    }
     let claims = match identify(&chat, &admitted, &uri, &headers).await {
         Ok(claims) => claims,
         Err(refused) => return refused,
@@ -278,6 +281,9 @@ fn body(queue: Queue) -> impl futures::Stream<Item = Result<Bytes, Infallible>> 
 /// over 64 KiB, `429` when the user posts too fast or the connection's
 /// queue is full.
 pub async fn send(State(chat): State<Arc<Chat>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !chat.http {
+        return turned_off("HTTP fallback posts");
+    }
     if body.len() > MAX_POST_BYTES {
         return (
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -27,7 +27,7 @@ use crate::server::admission::{refusal, KeyedCounter};
 use crate::server::auth::{token_from, AuthError, Claims};
 use crate::server::bus::{Bus, BusEvent, BusStatus, Incoming};
 use crate::server::clock::now_ms;
-use crate::server::config::AppSettings;
+use crate::server::config::{AppSettings, ChatTransport};
 use crate::server::forwarded::is_own_origin;
 use crate::server::limits::RateLimits;
 use crate::server::listener::Admitted;
@@ -57,6 +57,10 @@ pub struct Chat {
     sockets_per_user: Arc<KeyedCounter<Arc<str>>>,
     /// Origins allowed to connect; empty means the site's own.
     allowed_origins: Vec<String>,
+    /// Whether `GET /ws` is offered (`PULSE_TRANSPORTS`).
+    websocket: bool,
+    /// Whether the HTTP fallback is offered (`PULSE_TRANSPORTS`).
+    http: bool,
     /// Period of the server's pings.
     ping_interval: Duration,
     /// Bytes that may wait in one connection's outbound queue.
@@ -100,6 +104,8 @@ impl Chat {
             limits: parts.limits,
             sockets_per_user: KeyedCounter::new(app.max_sockets_per_user),
             allowed_origins: app.allowed_origins.clone(),
+            websocket: app.transports.contains(&ChatTransport::Websocket),
+            http: app.transports.contains(&ChatTransport::Http),
             ping_interval: app.ws_ping_interval,
             queue_bytes: app.ws_queue_bytes,
             next_id: AtomicU64::new(1),
@@ -243,6 +249,9 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: MaybeUpgrade,
 ) -> Response {
+    if !chat.websocket {
+        return turned_off("WebSockets");
+    }
     let claims = match identify(&chat, &admitted, &uri, &headers).await {
         Ok(claims) => claims,
         Err(refused) => return refused,
@@ -333,6 +342,15 @@ fn take_place(
         _user: user_slot,
     };
     Some((user, places))
+}
+
+/// 404: the operator turned this transport off (`PULSE_TRANSPORTS`).
+fn turned_off(what: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!("{what} are turned off on this server"),
+    )
+        .into_response()
 }
 
 /// 429: the user holds as many connections as they may.
