@@ -5,7 +5,8 @@
 //! too, so a reader can tell which side was the limit.
 //!
 //! Usage: pulse-bench SERVER_BINARY [SCENARIO...]
-//! Scenarios: fanout, floor, idle-ws, idle-sse, churn, front (default: all).
+//! Scenarios: fanout, fanout-http, floor, idle-ws, idle-sse, churn, front
+//! (default: all).
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -301,6 +302,134 @@ impl RawWs {
     }
 }
 
+/// A fan-out subscriber on either transport.
+enum Sub {
+    /// A WebSocket.
+    Ws(RawWs),
+    /// The HTTP fallback's stream.
+    Http(RawSse),
+}
+
+impl Sub {
+    async fn read_texts(&mut self, on_text: impl FnMut(&[u8]) -> bool) -> Res<()> {
+        match self {
+            Sub::Ws(ws) => ws.read_texts(on_text).await,
+            Sub::Http(sse) => sse.read_texts(on_text).await,
+        }
+    }
+}
+
+/// A minimal client of `GET /api/chat/stream` (the HTTP fallback's
+/// downstream) on a raw socket: each `data:` line is one frame.
+struct RawSse {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+    /// The connection's name, from `hello`.
+    conn: String,
+}
+
+impl RawSse {
+    async fn connect(addr: &str, token: &str) -> Res<RawSse> {
+        let mut tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let req = format!(
+            "GET /api/chat/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\
+             Authorization: Bearer {token}\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(8192);
+        loop {
+            if tcp.read_buf(&mut buf).await? == 0 {
+                return Err("closed before the stream's head".into());
+            }
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                if !buf.starts_with(b"HTTP/1.1 200") {
+                    return Err(String::from_utf8_lossy(&buf[..end]).into_owned().into());
+                }
+                buf.drain(..end + 4);
+                break;
+            }
+        }
+        let mut sse = RawSse {
+            tcp,
+            buf,
+            conn: String::new(),
+        };
+        let mut conn = None;
+        sse.read_texts(|t| {
+            let Some(at) = find(t, br#""conn":""#) else {
+                return false;
+            };
+            let rest = &t[at + 8..];
+            let end = rest.iter().position(|&b| b == b'"').unwrap_or(rest.len());
+            conn = Some(String::from_utf8_lossy(&rest[..end]).into_owned());
+            true
+        })
+        .await?;
+        sse.conn = conn.ok_or("no hello")?;
+        Ok(sse)
+    }
+
+    /// Hands each `data:` payload to `on_text` until it returns true or the
+    /// stream ends (chunk-size lines of the chunked body never hold `data: `).
+    async fn read_texts(&mut self, mut on_text: impl FnMut(&[u8]) -> bool) -> Res<()> {
+        loop {
+            let mut used = 0;
+            while let Some(at) = find(&self.buf[used..], b"data: ") {
+                let start = used + at + 6;
+                let Some(len) = self.buf[start..].iter().position(|&b| b == b'\n') else {
+                    break;
+                };
+                let done = on_text(&self.buf[start..start + len]);
+                used = start + len + 1;
+                if done {
+                    self.buf.drain(..used);
+                    return Ok(());
+                }
+            }
+            self.buf.drain(..used);
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(8192);
+            }
+            if self.tcp.read_buf(&mut self.buf).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Joins `room` with a post (on a connection of its own), and waits for
+    /// `joined` on the stream.
+    async fn join(&mut self, addr: &str, token: &str, room: &str) -> Res<()> {
+        let body = format!(
+            r#"{{"conn":"{}","frames":[{{"type":"join","room":"{room}"}}]}}"#,
+            self.conn
+        );
+        let mut tcp = TcpStream::connect(addr).await?;
+        let req = format!(
+            "POST /api/chat/send HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(req.as_bytes()).await?;
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await?;
+        if !answer.starts_with(b"HTTP/1.1 202") {
+            return Err(String::from_utf8_lossy(&answer).into_owned().into());
+        }
+        let mut joined = false;
+        self.read_texts(|t| {
+            joined = find(t, br#""type":"joined""#).is_some();
+            joined
+        })
+        .await?;
+        if joined {
+            Ok(())
+        } else {
+            Err("stream ended before joined".into())
+        }
+    }
+}
+
 /// The `text` of a message frame: "seq ts-µs padding".
 fn parse_text(frame: &[u8]) -> Option<(u64, u64)> {
     let start = find(frame, br#""text":""#)? + 8;
@@ -317,7 +446,9 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-async fn fanout(bin: &str) -> Res<()> {
+/// The fan-out over WebSockets, or (`over_http`) to subscribers on the HTTP
+/// fallback (SSE down, POST up); the publisher is a WebSocket either way.
+async fn fanout_on(bin: &str, over_http: bool) -> Res<()> {
     let server = Server::start(bin).await?;
     let token = server.token("subscriber").await?;
     let started = Instant::now();
@@ -326,28 +457,42 @@ async fn fanout(bin: &str) -> Res<()> {
     for _ in 0..SUBSCRIBERS {
         let (s, t) = (server.addr.clone(), token.clone());
         connecting.push(tokio::spawn(async move {
-            let mut ws = RawWs::connect(&s, &t).await?;
-            ws.join("bench").await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(ws)
+            let sub = if over_http {
+                let mut sse = RawSse::connect(&s, &t).await?;
+                sse.join(&s, &t, "bench").await?;
+                Sub::Http(sse)
+            } else {
+                let mut ws = RawWs::connect(&s, &t).await?;
+                ws.join("bench").await?;
+                Sub::Ws(ws)
+            };
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(sub)
         }));
     }
     for c in connecting {
         subs.push(c.await??);
     }
     let connect_join = started.elapsed();
-    println!("fan-out: connect + join of {SUBSCRIBERS} subscribers: {connect_join:.2?}");
+    let over = if over_http {
+        "the HTTP fallback"
+    } else {
+        "WebSockets"
+    };
+    println!(
+        "fan-out over {over}: connect + join of {SUBSCRIBERS} subscribers: {connect_join:.2?}"
+    );
 
     // Each subscriber records (seq, latency µs) of what it receives, in its
     // own (uncontended) list.
     let delivered = Arc::new(AtomicU64::new(0));
     let mut records = Vec::new();
     let mut readers = Vec::new();
-    for mut ws in subs {
+    for mut sub in subs {
         let mine = Arc::new(Mutex::new(Vec::<(u64, u64)>::with_capacity(4096)));
         records.push(mine.clone());
         let delivered = delivered.clone();
         readers.push(tokio::spawn(async move {
-            let _ = ws
+            let _ = sub
                 .read_texts(|t| {
                     if let Some((seq, ts)) = parse_text(t) {
                         let latency = now_us().saturating_sub(ts);
@@ -754,13 +899,22 @@ async fn main() -> Res<()> {
         .ok_or("usage: pulse-bench SERVER_BINARY [SCENARIO...]")?;
     let mut scenarios: Vec<String> = args.collect();
     if scenarios.is_empty() {
-        scenarios = ["fanout", "floor", "idle-ws", "idle-sse", "churn", "front"]
-            .map(String::from)
-            .to_vec();
+        scenarios = [
+            "fanout",
+            "fanout-http",
+            "floor",
+            "idle-ws",
+            "idle-sse",
+            "churn",
+            "front",
+        ]
+        .map(String::from)
+        .to_vec();
     }
     for s in scenarios {
         match s.as_str() {
-            "fanout" => fanout(&bin).await?,
+            "fanout" => fanout_on(&bin, false).await?,
+            "fanout-http" => fanout_on(&bin, true).await?,
             "floor" => floor().await?,
             "idle-ws" => idle_ws(&bin).await?,
             "idle-sse" => idle_sse(&bin).await?,
