@@ -123,3 +123,60 @@ async fn behind_the_documented_nginx_limits_count_the_browsers_address() {
         .unwrap();
     assert_eq!(res.status(), 200, "same-site through the proxy");
 }
+
+#[tokio::test]
+async fn the_http_fallback_works_through_the_documented_nginx_without_sticky_sessions() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let env = [TRUSTED, ("PULSE_REDIS_URL", url.as_str())];
+    let a = ws::start(&env).await;
+    let b = ws::start(&env).await;
+    a.wait_ready(200).await;
+    b.wait_ready(200).await;
+    let nginx = Nginx::start(&[&addr(&a), &addr(&b)]).await;
+    let proxy = nginx.url();
+    let token = token("Fay");
+    let bearer = format!("Bearer {token}");
+    let mut stream = support::Sse::open_with(
+        &proxy,
+        "/api/chat/stream",
+        &[("authorization", &bearer), ("origin", &proxy)],
+    )
+    .await;
+    let hello = stream.next_event().await.data.expect("hello");
+    let conn = hello["conn"].as_str().expect("conn").to_string();
+    let mut wes = connect_via(&nginx, "Wes").await;
+    wes.join("general").await;
+
+    // Each post goes to whichever instance nginx picks; each one's effect
+    // comes down the one stream (it is awaited before the next post).
+    let client = reqwest::Client::new();
+    let post = |frames: serde_json::Value| {
+        let body = serde_json::json!({ "conn": conn, "frames": frames }).to_string();
+        client
+            .post(format!("{proxy}/api/chat/send"))
+            .bearer_auth(&token)
+            .header("origin", &proxy)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let next = async |stream: &mut support::Sse, ty: &str| loop {
+        let data = stream.next_event().await.data.expect("a frame");
+        if data["type"] == ty {
+            return data;
+        }
+    };
+    let res = post(serde_json::json!([{"type": "join", "room": "general"}]))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    assert_eq!(next(&mut stream, "joined").await["room"], "general");
+    for i in 0..4 {
+        let text = format!("through nginx {i}");
+        let frames = serde_json::json!([{"type": "message", "room": "general", "text": text}]);
+        assert_eq!(post(frames).await.unwrap().status(), 202);
+        assert_eq!(next(&mut stream, "message").await["text"], text);
+        assert_eq!(wes.recv_type("message").await["text"], text);
+    }
+}
