@@ -47,6 +47,24 @@ impl Fallback {
         .await
     }
 
+    /// Joins `room` (posting to `server`); returns the `joined` answer.
+    async fn join(&mut self, server: &Server, room: &str) -> Value {
+        let status = self
+            .post(server, json!([{"type": "join", "room": room}]))
+            .await;
+        assert_eq!(status, 202);
+        let joined = self.recv_type("joined").await;
+        assert_eq!(joined["room"], room);
+        joined
+    }
+
+    /// Says `text` in `room` (posting to `server`), and sees its echo.
+    async fn say(&mut self, server: &Server, room: &str, text: &str) {
+        let frames = json!([{"type": "message", "room": room, "text": text}]);
+        assert_eq!(self.post(server, frames).await, 202);
+        assert_eq!(self.recv_type("message").await["text"], text, "the echo");
+    }
+
     /// The next frame of type `ty` down the stream.
     async fn recv_type(&mut self, ty: &str) -> Value {
         loop {
@@ -78,28 +96,9 @@ async fn a_fallback_client_and_a_websocket_client_talk() {
     let mut wes = Client::connect(&server, "Wes").await;
     wes.join("general").await;
 
-    assert_eq!(
-        fay.post(&server, json!([{"type": "join", "room": "general"}]))
-            .await,
-        202
-    );
-    let joined = fay.recv_type("joined").await;
-    assert_eq!(joined["room"], "general");
+    let joined = fay.join(&server, "general").await;
     assert_eq!(ws::names(&joined["members"]), ["Fay", "Wes"]);
-
-    assert_eq!(
-        fay.post(
-            &server,
-            json!([{"type": "message", "room": "general", "text": "over http"}])
-        )
-        .await,
-        202
-    );
-    assert_eq!(
-        fay.recv_type("message").await["text"],
-        "over http",
-        "the echo"
-    );
+    fay.say(&server, "general", "over http").await;
     assert_eq!(wes.recv_type("message").await["text"], "over http");
 
     wes.say("general", "over a socket").await;
@@ -173,15 +172,8 @@ async fn posts_are_checked_like_socket_frames() {
     let refused = fay.recv_type("error").await;
     assert_eq!(refused["code"], "not_in_room", "{refused}");
     // Nobody heard of Mallory's attempt: the connection is still Fay's alone.
-    assert_eq!(
-        fay.post(&server, json!([{"type": "join", "room": "general"}]))
-            .await,
-        202
-    );
-    assert_eq!(
-        ws::names(&fay.recv_type("joined").await["members"]),
-        ["Fay"]
-    );
+    let joined = fay.join(&server, "general").await;
+    assert_eq!(ws::names(&joined["members"]), ["Fay"]);
 }
 
 #[tokio::test]
@@ -215,33 +207,12 @@ async fn a_post_that_reaches_another_instance_goes_to_the_stream_over_the_bus() 
     b.wait_ready(200).await;
     let mut fay = Fallback::open(&a, "Fay").await;
     // Posted to B, acted on by A, which holds the stream.
-    assert_eq!(
-        fay.post(&b, json!([{"type": "join", "room": "tech"}]))
-            .await,
-        202
-    );
-    assert_eq!(fay.recv_type("joined").await["room"], "tech");
-    assert_eq!(
-        fay.post(
-            &b,
-            json!([{"type": "message", "room": "tech", "text": "via b"}])
-        )
-        .await,
-        202
-    );
-    assert_eq!(fay.recv_type("message").await["text"], "via b");
+    fay.join(&b, "tech").await;
+    fay.say(&b, "tech", "via b").await;
     // Someone else's post crosses the bus too, but is not acted on.
     let mallory = json!({"conn": fay.conn, "frames": [{"type": "message", "room": "tech", "text": "not mine"}]});
     assert_eq!(post(&b, &token("Mallory"), &mallory).await, 202);
-    assert_eq!(
-        fay.post(
-            &b,
-            json!([{"type": "message", "room": "tech", "text": "still mine"}])
-        )
-        .await,
-        202
-    );
-    assert_eq!(fay.recv_type("message").await["text"], "still mine");
+    fay.say(&b, "tech", "still mine").await;
 }
 
 #[tokio::test]

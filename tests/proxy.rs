@@ -39,8 +39,8 @@ async fn connect_via(nginx: &Nginx, user: &str) -> Client {
     Client { ws }
 }
 
-#[tokio::test]
-async fn two_instances_behind_the_documented_nginx_serve_one_room() {
+/// Two instances over one Redis, both ready, behind the README's nginx.
+async fn two_behind_nginx() -> (Redis, Server, Server, Nginx) {
     let redis = Redis::start().await;
     let url = redis.url();
     let env = [TRUSTED, ("PULSE_REDIS_URL", url.as_str())];
@@ -49,6 +49,12 @@ async fn two_instances_behind_the_documented_nginx_serve_one_room() {
     a.wait_ready(200).await;
     b.wait_ready(200).await;
     let nginx = Nginx::start(&[&addr(&a), &addr(&b)]).await;
+    (redis, a, b, nginx)
+}
+
+#[tokio::test]
+async fn two_instances_behind_the_documented_nginx_serve_one_room() {
+    let (_redis, a, b, nginx) = two_behind_nginx().await;
 
     // Round robin: the two land on different instances, and still share.
     let mut ada = connect_via(&nginx, "Ada").await;
@@ -126,14 +132,7 @@ async fn behind_the_documented_nginx_limits_count_the_browsers_address() {
 
 #[tokio::test]
 async fn the_http_fallback_works_through_the_documented_nginx_without_sticky_sessions() {
-    let redis = Redis::start().await;
-    let url = redis.url();
-    let env = [TRUSTED, ("PULSE_REDIS_URL", url.as_str())];
-    let a = ws::start(&env).await;
-    let b = ws::start(&env).await;
-    a.wait_ready(200).await;
-    b.wait_ready(200).await;
-    let nginx = Nginx::start(&[&addr(&a), &addr(&b)]).await;
+    let (_redis, _a, _b, nginx) = two_behind_nginx().await;
     let proxy = nginx.url();
     let token = token("Fay");
     let bearer = format!("Bearer {token}");

@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use super::hub::{ConnId, User};
 use super::outbox::{error, rate_limited, Outbox, Queue};
-use super::Chat;
+use super::{Chat, HealthWatch};
 use crate::protocol::{
     ClientMessage, ErrorCode, ServerMessage, CLOSE_GOING_AWAY, CLOSE_INVALID_DATA,
     CLOSE_PING_TIMEOUT, CLOSE_PROTOCOL_ERROR, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_BIG, CLOSE_TOO_SLOW,
@@ -166,13 +166,7 @@ async fn serve(reader: Reader) {
     let mut joined = BTreeSet::<String>::new();
     // Whether the other servers can be reached: said at once if not, and on
     // every change.
-    let mut reachable = chat.bus.reachable();
-    if !*reachable.borrow_and_update() {
-        outbox.send(&ServerMessage::Health {
-            other_servers: false,
-        });
-    }
-    let mut bus_gone = false;
+    let mut health = HealthWatch::start(&chat, &outbox);
     let mut last_pong: Option<Instant> = None;
     let mut ping =
         tokio::time::interval_at(Instant::now() + chat.ping_interval, chat.ping_interval);
@@ -188,13 +182,7 @@ async fn serve(reader: Reader) {
             _ = outbox.too_slow().cancelled() => break End::Close(CLOSE_TOO_SLOW, "too slow: outbound queue full"),
             _ = &mut expiry => break End::Close(CLOSE_TOKEN_EXPIRED, "token expired"),
             _ = session.signed_out().cancelled() => break End::Close(CLOSE_TOKEN_EXPIRED, "signed out"),
-            changed = reachable.changed(), if !bus_gone => match changed {
-                Ok(()) => {
-                    let other_servers = *reachable.borrow_and_update();
-                    outbox.send(&ServerMessage::Health { other_servers });
-                }
-                Err(_) => bus_gone = true,
-            },
+            frame = health.changed() => { outbox.send(&frame); }
             _ = ping.tick() => {
                 if !heard_since_ping {
                     break End::Close(CLOSE_PING_TIMEOUT, "no answer to ping");

@@ -32,7 +32,7 @@ use tracing::Instrument;
 use super::connection::{self, Places, Socket};
 use super::hub::{ConnId, User};
 use super::outbox::{Outbox, Queue};
-use super::{identify, take_place, too_many_sockets, turned_off, Chat};
+use super::{identify, take_place, too_many_sockets, turned_off, Chat, HealthWatch};
 use crate::protocol::{
     ClientMessage, SendBody, ServerMessage, CLOSE_GOING_AWAY, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_SLOW,
     MAX_FRAMES_PER_SEND, MAX_FRAME_BYTES,
@@ -202,13 +202,7 @@ async fn serve(connection: Connection) {
     metrics::connection_opened(Transport::Sse);
     let mut joined = BTreeSet::<String>::new();
     let mut last_pong = None;
-    let mut reachable = chat.bus.reachable();
-    if !*reachable.borrow_and_update() {
-        outbox.send(&ServerMessage::Health {
-            other_servers: false,
-        });
-    }
-    let mut bus_gone = false;
+    let mut health = HealthWatch::start(&chat, &outbox);
     let pong = ServerMessage::Pong {
         ping_interval_ms: chat.ping_interval.as_millis() as u64,
     };
@@ -224,13 +218,7 @@ async fn serve(connection: Connection) {
             _ = &mut expiry => break Some((CLOSE_TOKEN_EXPIRED, "token expired")),
             _ = session.signed_out().cancelled() => break Some((CLOSE_TOKEN_EXPIRED, "signed out")),
             _ = outbox.closed() => break None,
-            changed = reachable.changed(), if !bus_gone => match changed {
-                Ok(()) => {
-                    let other_servers = *reachable.borrow_and_update();
-                    outbox.send(&ServerMessage::Health { other_servers });
-                }
-                Err(_) => bus_gone = true,
-            },
+            frame = health.changed() => { outbox.send(&frame); }
             // The stream's heartbeat: what tells the client it is alive.
             _ = beat.tick() => { outbox.send(&pong); }
             frame = inbox.recv() => {

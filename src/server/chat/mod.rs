@@ -353,6 +353,38 @@ fn turned_off(what: &str) -> Response {
         .into_response()
 }
 
+/// Tells one connection, whatever its transport, whether the other servers
+/// can be reached (`health` frames).
+pub(super) struct HealthWatch {
+    /// The bus's answer, as it changes.
+    reachable: tokio::sync::watch::Receiver<bool>,
+}
+
+impl HealthWatch {
+    /// Watches from now on; tells `outbox` at once if the other servers are
+    /// out of reach.
+    fn start(chat: &Chat, outbox: &Outbox) -> HealthWatch {
+        let mut reachable = chat.bus.reachable();
+        if !*reachable.borrow_and_update() {
+            outbox.send(&ServerMessage::Health {
+                other_servers: false,
+            });
+        }
+        HealthWatch { reachable }
+    }
+
+    /// The next change, as the frame that tells it (never, once the bus is
+    /// gone at shutdown).
+    async fn changed(&mut self) -> ServerMessage {
+        if self.reachable.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        ServerMessage::Health {
+            other_servers: *self.reachable.borrow_and_update(),
+        }
+    }
+}
+
 /// 429: the user holds as many connections as they may.
 fn too_many_sockets() -> Response {
     metrics::refused("per_user");
