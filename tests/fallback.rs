@@ -76,6 +76,19 @@ impl Fallback {
     }
 }
 
+/// The status of `GET /api/chat/stream` on `server` with `headers`.
+async fn stream_status(server: &Server, headers: &[(&str, &str)]) -> u16 {
+    let mut req = reqwest::Client::new().get(format!("{}/api/chat/stream", server.url));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.send()
+        .await
+        .expect("GET /api/chat/stream")
+        .status()
+        .as_u16()
+}
+
 async fn post(server: &Server, token: &str, body: &Value) -> u16 {
     reqwest::Client::new()
         .post(format!("{}/api/chat/send", server.url))
@@ -181,21 +194,16 @@ async fn a_stream_counts_against_the_users_cap_and_its_origin_is_checked() {
     let server = ws::start(&[("PULSE_MAX_SOCKETS_PER_USER", "1")]).await;
     let _fay = Fallback::open(&server, "Fay").await;
     let bearer = format!("Bearer {}", token("Fay"));
-    let res = reqwest::Client::new()
-        .get(format!("{}/api/chat/stream", server.url))
-        .header("authorization", &bearer)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 429);
-    let res = reqwest::Client::new()
-        .get(format!("{}/api/chat/stream", server.url))
-        .header("authorization", format!("Bearer {}", token("Gus")))
-        .header("origin", "https://evil.example")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 403);
+    assert_eq!(
+        stream_status(&server, &[("authorization", &bearer)]).await,
+        429
+    );
+    let gus = format!("Bearer {}", token("Gus"));
+    let foreign = [
+        ("authorization", gus.as_str()),
+        ("origin", "https://evil.example"),
+    ];
+    assert_eq!(stream_status(&server, &foreign).await, 403);
 }
 
 #[tokio::test]
@@ -219,13 +227,10 @@ async fn a_post_that_reaches_another_instance_goes_to_the_stream_over_the_bus() 
 async fn an_operator_can_turn_either_transport_off() {
     let ws_only = ws::start(&[("PULSE_TRANSPORTS", "websocket")]).await;
     let bearer = format!("Bearer {}", token("Fay"));
-    let res = reqwest::Client::new()
-        .get(format!("{}/api/chat/stream", ws_only.url))
-        .header("authorization", &bearer)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
+    assert_eq!(
+        stream_status(&ws_only, &[("authorization", &bearer)]).await,
+        404
+    );
     let body = json!({"conn": "x.y", "frames": [{"type": "ping"}]});
     assert_eq!(post(&ws_only, &token("Fay"), &body).await, 404);
     Client::connect(&ws_only, "Fay").await;
