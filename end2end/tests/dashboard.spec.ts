@@ -48,6 +48,13 @@ test('dashboard: live figures and charts follow the real connections', async ({ 
   await expect(dash.getByTestId('open-sse')).toHaveText(String(sse + 1));
   await feed.close();
   await expect(dash.getByTestId('open-sse')).toHaveText(String(sse));
+
+  // With its stream down the dashboard says so, and shows no stale figures
+  // or lines.
+  await server.stop();
+  await expect(dash.getByTestId('dashboard-status')).not.toHaveText('Live');
+  await expect(dash.getByTestId('open-sse')).toHaveText('—');
+  await expect(dash.locator('svg polyline').first()).toHaveAttribute('points', '');
 });
 
 test('feed: a signed-in user publishes a notification, shown apart from updates in every feed', async ({ browser }) => {

@@ -30,11 +30,12 @@ pub fn DashboardPage() -> impl IntoView {
 
     // Figures are shown only while the stream is live: stale ones would lie.
     let latest = move || {
-        (status.get() == ConnState::Live)
+        status.get().is_live()
             .then(|| samples.with(|s| s.last().cloned()))
             .flatten()
     };
     let figure = move |f: fn(&Stats) -> String| move || latest().map_or("—".into(), |s| f(&s));
+    let live = Signal::derive(move || status.get().is_live());
 
     view! {
         <section class="page dashboard-page">
@@ -50,11 +51,13 @@ pub fn DashboardPage() -> impl IntoView {
             <Chart
                 title="Open connections"
                 samples
+                live
                 series=vec![("SSE", "series-a", |s: &Stats| s.sse as f64), ("WebSocket", "series-b", |s: &Stats| s.ws as f64)]
             />
             <Chart
                 title="Messages per second"
                 samples
+                live
                 series=vec![("received", "series-a", |s: &Stats| s.received_per_s), ("delivered", "series-b", |s: &Stats| s.delivered_per_s)]
             />
         </section>
@@ -66,7 +69,13 @@ type Series = (&'static str, &'static str, fn(&Stats) -> f64);
 
 /// An SVG line chart of the last minute, scaled to its largest value.
 #[component]
-fn Chart(title: &'static str, samples: RwSignal<Vec<Stats>>, series: Vec<Series>) -> impl IntoView {
+fn Chart(
+    title: &'static str,
+    samples: RwSignal<Vec<Stats>>,
+    /// Lines are drawn only while the stream is live: old ones would lie.
+    live: Signal<bool>,
+    series: Vec<Series>,
+) -> impl IntoView {
     const W: f64 = 300.0;
     const H: f64 = 100.0;
     let readers: Vec<fn(&Stats) -> f64> = series.iter().map(|s| s.2).collect();
@@ -81,6 +90,9 @@ fn Chart(title: &'static str, samples: RwSignal<Vec<Stats>>, series: Vec<Series>
         .into_iter()
         .map(|(label, class, read)| {
             let points = move || {
+                if !live.get() {
+                    return String::new();
+                }
                 let top = peak.get();
                 samples.with(|s| {
                     let offset = POINTS.saturating_sub(s.len());
