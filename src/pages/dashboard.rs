@@ -30,7 +30,9 @@ pub fn DashboardPage() -> impl IntoView {
 
     // Figures are shown only while the stream is live: stale ones would lie.
     let latest = move || {
-        status.get().is_live()
+        status
+            .get()
+            .is_live()
             .then(|| samples.with(|s| s.last().cloned()))
             .flatten()
     };
