@@ -240,3 +240,15 @@ async fn an_operator_can_turn_either_transport_off() {
     assert_eq!(status, 404);
     Fallback::open(&http_only, "Fay").await;
 }
+
+#[tokio::test]
+async fn a_user_who_posts_too_fast_is_refused_before_anything_crosses_the_bus() {
+    // One message a minute: posts (joins and leaves too) get twice that.
+    let server = ws::start(&[("PULSE_RATE_LIMIT_PER_MIN", "1")]).await;
+    let fay = Fallback::open(&server, "Fay").await;
+    // Names of connections on another instance: each post would cross the bus.
+    let elsewhere = json!({"conn": "other.0", "frames": [{"type": "ping"}]});
+    assert_eq!(post(&server, &fay.token, &elsewhere).await, 202);
+    assert_eq!(post(&server, &fay.token, &elsewhere).await, 202);
+    assert_eq!(post(&server, &fay.token, &elsewhere).await, 429);
+}
