@@ -147,19 +147,37 @@ async fn a_malformed_last_event_id_is_a_clear_400() {
 }
 
 #[tokio::test]
-async fn keep_alive_comments_flow_on_idle_streams() {
+async fn heartbeats_flow_on_idle_streams_and_say_their_interval() {
     let server = Server::start(&[
         ("PULSE_FEED_INTERVAL", "60000ms"),
         ("PULSE_SSE_KEEP_ALIVE", "1s"),
     ])
     .await;
+    // Visible to a page's script (a comment is not), so the client can tell
+    // a quiet stream from a dead one: one when the stream opens, then more
+    // while nothing else is sent.
+    let ping = serde_json::json!({ "interval_ms": 1000 });
     let mut sse = Sse::open(&server.url, None).await;
-    loop {
+    let mut pings = 0;
+    while pings < 3 {
         let frame = sse.next().await.expect("stream open");
-        if frame.comment.as_deref() == Some("keep-alive") {
-            break;
+        if frame.event.as_deref() == Some("ping") {
+            assert_eq!(frame.data.as_ref(), Some(&ping));
+            assert_eq!(frame.id, None, "a heartbeat is not an event of the feed");
+            pings += 1;
         }
     }
+    // The dashboard's stream says how often its samples come (one a second).
+    let mut stats = Sse::open_path(&server.url, "/api/stats", None).await;
+    let first = loop {
+        let frame = stats.next().await.expect("stream open");
+        if frame.retry.is_none() {
+            break frame;
+        }
+    };
+    assert_eq!(first.event.as_deref(), Some("ping"));
+    assert_eq!(first.data, Some(ping));
+    assert!(stats.next_event().await.data.unwrap()["timestamp"].is_u64());
 }
 
 #[tokio::test]
@@ -292,9 +310,14 @@ impl RawStream {
     }
 
     /// Reads the frames every stream starts with, one chunk each: `retry:`,
-    /// `connected`, then the first numbered update.
+    /// the heartbeat, `connected`, then the first numbered update.
     async fn expect_opening_chunks(&mut self) {
         assert_eq!(self.next_chunk().await.unwrap(), "retry: 2000\n\n");
+        let ping = self.next_chunk().await.unwrap();
+        assert!(
+            ping.starts_with("event: ping\ndata: {\"interval_ms\":"),
+            "{ping}"
+        );
         let connected = self.next_chunk().await.unwrap();
         assert!(connected.contains(r#""type":"connected""#), "{connected}");
         let update = self.next_chunk().await.unwrap();
@@ -370,7 +393,10 @@ async fn an_http_1_0_client_gets_the_frames_unchunked_until_the_connection_close
         assert!(raw.fill().await, "stream open");
     }
     let body = String::from_utf8_lossy(&raw.buf).into_owned();
-    assert!(body.starts_with("retry: 2000\n\ndata: {"), "{body}");
+    assert!(
+        body.starts_with("retry: 2000\n\nevent: ping\ndata: {\"interval_ms\":"),
+        "{body}"
+    );
     assert!(body.contains(r#""type":"connected""#), "{body}");
     server.signal("TERM");
     while raw.fill().await {}

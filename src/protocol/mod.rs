@@ -15,3 +15,19 @@ pub mod stats;
 pub use chat::*;
 pub use feed::*;
 pub use stats::*;
+
+use serde::{Deserialize, Serialize};
+
+/// The SSE event type of a stream's heartbeat. Every SSE stream (the feed,
+/// the dashboard's figures) sends `event: ping` with a [`StreamPing`] when
+/// it opens and then at least once per interval, so a client can tell a
+/// quiet stream from a dead one: SSE comments never reach a page's script.
+pub const PING_EVENT: &str = "ping";
+
+/// The data of a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamPing {
+    /// The most time between two frames of the stream while it is alive; a
+    /// client that hears nothing for twice this treats the stream as dead.
+    pub interval_ms: u64,
+}

@@ -92,7 +92,8 @@ pub struct AppSettings {
     #[serde(with = "humantime_serde")]
     pub sse_retry: Duration,
 
-    /// Period of the keep-alive comment on every open SSE stream.
+    /// Period of the heartbeat (`event: ping`) on every open feed stream; a
+    /// page takes two missed heartbeats for a dead stream.
     #[arg(long, env = "PULSE_SSE_KEEP_ALIVE", global = true, default_value = "15s",
           value_parser = at_least(Duration::from_secs(1)))]
     #[serde(with = "humantime_serde")]

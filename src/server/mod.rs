@@ -73,7 +73,11 @@ pub async fn run(
     };
     tasks.spawn(bus.clone().run(shutdown.clone()));
 
-    let feed = Arc::new(Feed::new(app.feed_backlog, app.sse_retry));
+    let feed = Arc::new(Feed::new(
+        app.feed_backlog,
+        app.sse_retry,
+        app.sse_keep_alive,
+    ));
     tasks.spawn(feed::run(
         feed.clone(),
         bus.subscribe(),

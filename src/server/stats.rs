@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::protocol::Stats;
 use crate::server::bus::Bus;
 use crate::server::clock::now_ms;
-use crate::server::feed::sse_response;
+use crate::server::feed::{ping_frame, sse_response};
 use crate::server::metrics;
 
 /// How often the dashboard's figures are sampled.
@@ -72,10 +72,12 @@ pub async fn run_sampler(tx: watch::Sender<Stats>, bus: Bus, shutdown: Cancellat
     }
 }
 
-/// `GET /api/stats`: the latest sample now, then each new one, as SSE.
+/// `GET /api/stats`: a heartbeat that says a sample comes every
+/// [`PERIOD`], the latest sample, then each new one, as SSE.
 pub async fn stream(State(state): State<StatsState>) -> Response {
     // The stream is an SSE connection like the feed's, and counted as one.
     let open = metrics::OpenConnection::new(metrics::Transport::Sse);
+    let ping = stream::once(async { Ok::<_, Infallible>(ping_frame(PERIOD)) });
     let start = (state.latest.clone(), true, open);
     let frames = stream::unfold(start, |(mut rx, first, open)| async move {
         if !first && rx.changed().await.is_err() {
@@ -86,7 +88,9 @@ pub async fn stream(State(state): State<StatsState>) -> Response {
             Ok::<_, Infallible>(Bytes::from(format!("data: {json}\n\n"))),
             (rx, false, open),
         ))
-    })
-    .take_until(state.shutdown.cancelled_owned());
-    sse_response(frames)
+    });
+    sse_response(
+        ping.chain(frames)
+            .take_until(state.shutdown.cancelled_owned()),
+    )
 }

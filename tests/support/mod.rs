@@ -171,6 +171,8 @@ pub struct Frame {
     pub data: Option<serde_json::Value>,
     pub retry: Option<u64>,
     pub comment: Option<String>,
+    /// The `event:` type; `None` for a plain message.
+    pub event: Option<String>,
 }
 
 impl Frame {
@@ -226,6 +228,8 @@ impl Sse {
                         frame.id = Some(v.parse().expect("numeric id"));
                     } else if let Some(v) = line.strip_prefix("data: ") {
                         frame.data = Some(serde_json::from_str(v).expect("JSON data"));
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        frame.event = Some(v.to_string());
                     } else if let Some(v) = line.strip_prefix("retry: ") {
                         frame.retry = Some(v.parse().expect("numeric retry"));
                     } else if let Some(v) = line.strip_prefix(':') {
@@ -244,11 +248,12 @@ impl Sse {
         }
     }
 
-    /// The next frame that carries an event (skips `retry:` and comments).
+    /// The next frame that carries a message (skips `retry:`, comments and
+    /// heartbeats).
     pub async fn next_event(&mut self) -> Frame {
         loop {
             let frame = self.next().await.expect("stream ended");
-            if frame.data.is_some() {
+            if frame.data.is_some() && frame.event.is_none() {
                 return frame;
             }
         }

@@ -21,7 +21,9 @@ use crate::server::clock::now_ms;
 
 mod stream;
 
-pub use stream::{events, last_seen, sse_response, BadLastEventId, EventsQuery, FeedState};
+pub use stream::{
+    events, last_seen, ping_frame, sse_response, BadLastEventId, EventsQuery, FeedState,
+};
 
 /// A time-ordered id floor: now, in milliseconds, times 1000 (room for a
 /// thousand events a millisecond; about 1.8e15, exact in a JS number).
@@ -40,9 +42,10 @@ fn encoded(frame: String) -> Encoded {
 /// One frame on the broadcast channel, already encoded for the wire.
 #[derive(Clone, Debug)]
 struct Frame {
-    /// The event's id; `None` for frames that are not events (keep-alives).
+    /// The event's id; `None` for frames that are not events of the feed
+    /// (heartbeats, health).
     id: Option<u64>,
-    /// The complete SSE frame (`id:` + `data:` lines, or a comment).
+    /// The complete SSE frame (`id:` + `data:` lines, or a heartbeat).
     bytes: Encoded,
 }
 
@@ -87,6 +90,9 @@ pub struct Feed {
     live: broadcast::Sender<Frame>,
     /// The `retry:` hint every stream starts with.
     retry: Encoded,
+    /// The heartbeat every stream gets when it opens and every keep-alive
+    /// interval after that.
+    ping: Encoded,
     /// Whether the other instances can be reached (told to new streams).
     reachable: std::sync::atomic::AtomicBool,
 }
@@ -102,14 +108,15 @@ pub struct Subscription {
 }
 
 impl Feed {
-    /// A feed that keeps `capacity` events and suggests `retry` to clients.
+    /// A feed that keeps `capacity` events, suggests `retry` to clients and
+    /// sends them a heartbeat every `keep_alive` (see [`Feed::keep_alive`]).
     ///
     /// Ids are time-ordered: an event gets `max(previous + 1, now_ms * 1000)`.
     /// So they keep increasing across restarts (a client that resumes after a
     /// restart gets a `gap`, never silence), and ids issued by different
     /// instances at about the same time are close: a notification seen on one
     /// instance can be resumed after on another, which received it too.
-    pub fn new(capacity: usize, retry: Duration) -> Self {
+    pub fn new(capacity: usize, retry: Duration, keep_alive: Duration) -> Self {
         // The channel only has to cover the time between two polls of a
         // stream; a stream that falls further behind resumes from the backlog.
         let (live, _) = broadcast::channel(capacity.clamp(16, 1024));
@@ -122,6 +129,7 @@ impl Feed {
             }),
             live,
             retry: encoded(format!("retry: {}\n\n", retry.as_millis())),
+            ping: ping_frame(keep_alive),
             reachable: std::sync::atomic::AtomicBool::new(true),
         }
     }
@@ -181,11 +189,12 @@ impl Feed {
         });
     }
 
-    /// Sends a keep-alive comment to every open stream.
+    /// Sends the heartbeat to every open stream: it keeps proxies from
+    /// closing an idle stream, and tells the client the stream is alive.
     pub fn keep_alive(&self) {
         let _ = self.live.send(Frame {
             id: None,
-            bytes: Bytes::from_static(b": keep-alive\n\n"),
+            bytes: self.ping.clone(),
         });
     }
 
@@ -251,8 +260,8 @@ fn encode(event: &FeedEvent) -> String {
 }
 
 /// Runs the feed until `shutdown`: one ticker (an update every `period` and a
-/// keep-alive comment every `keep_alive`, for all streams at once, no timer
-/// per connection), and the notifications other instances publish.
+/// heartbeat every `keep_alive`, for all streams at once, no timer per
+/// connection), and the notifications other instances publish.
 pub async fn run(
     feed: Arc<Feed>,
     mut incoming: Incoming,
@@ -312,7 +321,7 @@ mod tests {
 
     #[test]
     fn resume_replays_exactly_the_missed_events() {
-        let feed = Feed::new(100, Duration::from_secs(1));
+        let feed = Feed::new(100, Duration::from_secs(1), Duration::from_secs(15));
         let published: Vec<u64> = (0..5).map(|_| feed.publish(update())).collect();
         assert!(published.windows(2).all(|w| w[0] < w[1]), "ids increase");
         let sub = feed.subscribe(Some(published[1]));
@@ -324,7 +333,7 @@ mod tests {
 
     #[test]
     fn resume_from_before_the_backlog_says_gap_first() {
-        let feed = Feed::new(100, Duration::from_secs(1));
+        let feed = Feed::new(100, Duration::from_secs(1), Duration::from_secs(15));
         let published: Vec<u64> = (0..151).map(|_| feed.publish(update())).collect();
         let sub = feed.subscribe(Some(published[0]));
         assert!(std::str::from_utf8(&sub.replay[0])
@@ -332,14 +341,14 @@ mod tests {
             .contains(r#""type":"gap""#));
         assert_eq!(ids(&sub.replay), published[51..]);
         // From before this process: a gap too.
-        let fresh = Feed::new(100, Duration::from_secs(1));
+        let fresh = Feed::new(100, Duration::from_secs(1), Duration::from_secs(15));
         let sub = fresh.subscribe(Some(1));
         assert_eq!(sub.replay.len(), 1);
     }
 
     #[test]
     fn backlog_is_bounded_and_recent_is_oldest_first() {
-        let feed = Feed::new(100, Duration::from_secs(1));
+        let feed = Feed::new(100, Duration::from_secs(1), Duration::from_secs(15));
         for _ in 0..250 {
             feed.publish(update());
         }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -15,7 +16,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::{encode, encoded, Encoded, Feed, Frame, Subscription};
-use crate::protocol::{FeedEvent, LAST_EVENT_ID_PARAM};
+use crate::protocol::{FeedEvent, StreamPing, LAST_EVENT_ID_PARAM, PING_EVENT};
 use crate::server::clock::now_ms;
 use crate::server::metrics;
 
@@ -111,6 +112,17 @@ where
     res
 }
 
+/// The heartbeat of a stream that sends one at least every `interval`
+/// ([`PING_EVENT`] with a [`StreamPing`]; shared by every SSE endpoint).
+pub fn ping_frame(interval: Duration) -> Bytes {
+    let ping = StreamPing {
+        interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+    };
+    // A struct of one number always serializes.
+    let data = serde_json::to_string(&ping).unwrap_or_default();
+    Bytes::from(format!("event: {PING_EVENT}\ndata: {data}\n\n"))
+}
+
 /// State of one stream's live part.
 struct Live {
     /// Where frames come from.
@@ -125,8 +137,9 @@ struct Live {
     _open: metrics::OpenConnection,
 }
 
-/// Opens a stream: the frames it starts with (`retry:`, `connected`, then
-/// the replay) and its live part.
+/// Opens a stream: the frames it starts with (`retry:`, the heartbeat that
+/// says how often the next ones come, `connected`, then the replay) and its
+/// live part.
 fn open(state: &FeedState, last_seen: Option<u64>) -> (Vec<Encoded>, Live) {
     let open = metrics::OpenConnection::new(metrics::Transport::Sse);
     let Subscription {
@@ -140,8 +153,9 @@ fn open(state: &FeedState, last_seen: Option<u64>) -> (Vec<Encoded>, Live) {
             timestamp: now_ms()
         })
     ));
-    let mut head = Vec::with_capacity(2 + replay.len());
+    let mut head = Vec::with_capacity(3 + replay.len());
     head.push(state.feed.retry.clone());
+    head.push(state.feed.ping.clone());
     head.push(connected);
     head.extend(replay);
     let live = Live {
