@@ -97,3 +97,23 @@ test('a frozen server is noticed within two ping intervals, and the socket comes
   server.thaw();
   await expect(status).toHaveText('Live', { timeout: 20_000 });
 });
+
+test('the feed stream notices a frozen server by its missing heartbeats, and comes back when it thaws', async ({ page }) => {
+  await server.dispose();
+  server = await PulseServer.start({ ...ENV, PULSE_SSE_KEEP_ALIVE: '1s' });
+  await page.goto(server.url);
+  const badge = page.getByTestId('feed-status');
+  await expect(badge).toHaveText('Live');
+  // The stream's first heartbeat (sent as it opens) has told the page to
+  // expect one every second.
+  await expect.poll(() => newestId(page)).toBeGreaterThan(0);
+
+  // The connection stays open but goes quiet: after 2 × 1 s it counts as
+  // dead, though the browser still calls it open.
+  server.freeze();
+  await expect(badge).not.toHaveText('Live', { timeout: 3_000 });
+  server.thaw();
+  await expect(badge).toHaveText('Live', { timeout: 20_000 });
+  const before = await newestId(page);
+  await expect.poll(() => newestId(page)).toBeGreaterThan(before);
+});

@@ -9,7 +9,7 @@ import { PulseServer } from './server';
 let server: PulseServer;
 
 test.beforeEach(async () => {
-  server = await PulseServer.start({ PULSE_FEED_INTERVAL: '100ms' });
+  server = await PulseServer.start({ PULSE_FEED_INTERVAL: '100ms', PULSE_SSE_KEEP_ALIVE: '1s' });
 });
 
 test.afterEach(async () => {
@@ -77,3 +77,62 @@ test('ten tabs share one feed stream; closing the tab that holds it keeps the ot
   await expect.poll(() => server.metric('pulse_feed_subscribers')).toBe(2);
   await other.close();
 });
+
+test('a tab that stops running while holding the stream loses it to another tab, and follows again when it wakes', async ({ browser, context }) => {
+  test.setTimeout(60_000);
+  const pages: Page[] = [];
+  for (let i = 0; i < 3; i++) {
+    const page = await context.newPage();
+    await page.goto(server.url);
+    await expect(page.getByTestId('feed-status')).toHaveText('Live');
+    pages.push(page);
+  }
+  await expect.poll(() => server.metric('pulse_feed_subscribers')).toBe(1);
+  const other = await browser.newContext();
+  const reference = await other.newPage();
+  await reference.goto(server.url);
+  await expect(reference.getByTestId('feed-status')).toHaveText('Live');
+  await recordIds(reference);
+  const watcher = pages[2];
+  await recordIds(watcher);
+  await expect.poll(async () => (await seenIds(watcher)).length).toBeGreaterThan(3);
+
+  // The first tab holds the stream, and stops running for 10 s without
+  // closing or letting go of its lock: what a frozen background tab does to
+  // the others. (Headless Chromium ignores DevTools' freezing, so the tab's
+  // one thread is kept busy instead; to the other tabs it is the same.)
+  void pages[0].evaluate(() => {
+    const end = Date.now() + 10_000;
+    while (Date.now() < end) {
+      // busy
+    }
+  });
+  const atFreeze = Math.max(...(await seenIds(watcher)));
+
+  // The others hear nothing from it for three heartbeats (3 s), take the
+  // lock and carry on from where they were: events keep coming, no gap.
+  await expect.poll(() => server.metric('pulse_feed_subscribers'), { timeout: 8_000 }).toBe(3);
+  await expect.poll(async () => Math.max(...(await seenIds(watcher)))).toBeGreaterThan(atFreeze + 5);
+  await expect(watcher.getByTestId('feed-status')).toHaveText('Live');
+
+  // Woken, it finds its lock taken: it closes its stream and follows the
+  // new holder.
+  await expect.poll(() => server.metric('pulse_feed_subscribers'), { timeout: 15_000 }).toBe(2);
+  await expect(pages[0].getByTestId('feed-status')).toHaveText('Live');
+  const woken = await newestRow(pages[0]);
+  await expect.poll(() => newestRow(pages[0])).toBeGreaterThan(woken);
+
+  // The watcher saw every event once, and none is missing (held against a
+  // page of another browser, with a stream of its own).
+  const ids = await seenIds(watcher);
+  const [first, last] = [Math.min(...ids), Math.max(...ids)];
+  await expect.poll(async () => Math.max(...(await seenIds(reference)))).toBeGreaterThanOrEqual(last);
+  const expected = (await seenIds(reference)).filter((id) => id >= first && id <= last);
+  expect(new Set(ids).size, 'no event twice').toBe(ids.length);
+  expect([...ids].sort((a, b) => a - b), 'no event missing').toEqual([...expected].sort((a, b) => a - b));
+  await expect(watcher.locator('[data-testid=events] li.event-gap')).toHaveCount(0);
+  await other.close();
+});
+
+const newestRow = async (page: Page) =>
+  Number(await page.locator('[data-testid=events] li').first().getAttribute('data-id'));

@@ -38,7 +38,7 @@ pub fn follow(
     {
         let mut on_event = on_event;
         Running::spawn(async move {
-            browser::run(&url, &|s| state.set(s), &mut on_event).await;
+            browser::run(&url, &|s| state.set(s), &mut on_event, &|_| {}).await;
         })
     }
     #[cfg(not(feature = "hydrate"))]
@@ -83,24 +83,37 @@ mod browser {
 
     use super::super::retry::{Backoff, Wakeups, CONNECT_TIMEOUT};
     use super::{ConnState, Received};
+    use crate::protocol::{StreamPing, PING_EVENT};
 
     /// How often the stream's state is looked at (gloo-net reports an
     /// EventSource's errors only once the browser has given up).
     const LOOK: Duration = Duration::from_millis(250);
 
-    /// Follows the stream for ever (until the future is dropped).
+    /// Follows the stream for ever (until the future is dropped), handing
+    /// each heartbeat's interval to `on_ping`.
+    ///
+    /// A stream that stays silent for twice its heartbeat interval is dead
+    /// even if the browser still calls it open (a NAT or a proxy dropped it,
+    /// the server froze): it is closed and opened again.
     pub async fn run(
         url: &dyn Fn() -> String,
         report: &dyn Fn(ConnState),
         on_event: &mut dyn FnMut(Received),
+        on_ping: &dyn Fn(Duration),
     ) {
         let mut backoff = Backoff::default();
         let mut wake = Wakeups::new();
         loop {
             if let Ok(mut source) = EventSource::new(&url()) {
-                if let Ok(mut events) = source.subscribe("message") {
+                if let (Ok(mut events), Ok(mut pings)) =
+                    (source.subscribe("message"), source.subscribe(PING_EVENT))
+                {
                     let mut waited = Duration::ZERO;
                     let mut opened = false;
+                    // Time since anything came, and how much is too much
+                    // (known from the first heartbeat).
+                    let mut silent = Duration::ZERO;
+                    let mut deadly: Option<Duration> = None;
                     // One timer for the stream's life (one per turn of the
                     // loop would restart with every event).
                     let mut look = IntervalStream::new(LOOK.as_millis() as u32).fuse();
@@ -108,6 +121,7 @@ mod browser {
                         futures::select! {
                             event = events.next().fuse() => match event {
                                 Some(Ok((_, event))) => {
+                                    silent = Duration::ZERO;
                                     if !opened {
                                         opened = true;
                                         backoff.reset();
@@ -121,6 +135,20 @@ mod browser {
                                 // The browser gave up (e.g. an HTTP error).
                                 Some(Err(_)) | None => break,
                             },
+                            ping = pings.next().fuse() => match ping {
+                                Some(Ok((_, ping))) => {
+                                    silent = Duration::ZERO;
+                                    let ping = ping.data().as_string().and_then(|data| {
+                                        serde_json::from_str::<StreamPing>(&data).ok()
+                                    });
+                                    if let Some(ping) = ping {
+                                        let every = Duration::from_millis(ping.interval_ms);
+                                        deadly = Some(every * 2);
+                                        on_ping(every);
+                                    }
+                                }
+                                Some(Err(_)) | None => break,
+                            },
                             _ = wake.went_offline().fuse() => break,
                             _ = look.next() => match source.state() {
                                 State::Open if !opened => {
@@ -128,7 +156,12 @@ mod browser {
                                     backoff.reset();
                                     report(ConnState::Live);
                                 }
-                                State::Open => {}
+                                State::Open => {
+                                    silent += LOOK;
+                                    if deadly.is_some_and(|deadly| silent > deadly) {
+                                        break;
+                                    }
+                                }
                                 // Dropped: reconnect on our schedule, not the browser's.
                                 State::Connecting if opened => break,
                                 State::Connecting => {
@@ -151,12 +184,14 @@ mod browser {
 
 #[cfg(feature = "hydrate")]
 mod shared {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
     use std::collections::VecDeque;
     use std::rc::Rc;
+    use std::time::Duration;
 
     use futures::channel::{mpsc, oneshot};
     use futures::{FutureExt, StreamExt};
+    use gloo_timers::future::IntervalStream;
     use js_sys::{Function, Promise, Reflect};
     use leptos::prelude::*;
     use wasm_bindgen::closure::Closure;
@@ -169,6 +204,18 @@ mod shared {
     /// Events the holder keeps to replay to a tab that just arrived.
     const REPLAY: usize = 64;
 
+    /// How many of the holder's beats may go unheard before a follower
+    /// takes the lock: more than the two after which the holder itself
+    /// gives its stream up, so that a live holder that reconnects (and says
+    /// so) is never overtaken.
+    const HOLDER_SILENCE: u32 = 3;
+
+    /// How long a follower that has not heard a beat yet waits for one.
+    const FIRST_BEAT: Duration = Duration::from_secs(45);
+
+    /// How often a follower checks on the holder.
+    const LOOK: Duration = Duration::from_secs(1);
+
     /// What tabs tell each other about one topic.
     #[derive(serde::Serialize, serde::Deserialize)]
     enum Relay {
@@ -176,8 +223,11 @@ mod shared {
         Event(Received),
         /// The holder's connection state.
         State(ConnState),
+        /// The holder's stream is alive and hears from its server at least
+        /// this often (ms): the holder's sign of life.
+        Beat(u64),
         /// A tab arrived and has seen events up to this id: the holder
-        /// answers with its state and the events after it.
+        /// answers with its state, its beat and the events after it.
         Hello(Option<u64>),
     }
 
@@ -244,7 +294,9 @@ mod shared {
 
         /// Follows the topic: from the holder's relays while another tab
         /// holds the stream; holding it (and relaying) once this tab gets
-        /// the lock.
+        /// the lock. A holder that falls silent (its tab was frozen, or
+        /// hangs) has its lock taken; if it wakes up, it learns so and goes
+        /// back to following.
         pub async fn run(
             self,
             url: impl Fn() -> String + 'static,
@@ -256,30 +308,58 @@ mod shared {
                 channel,
                 mut relays,
             } = self;
-            let Some(mut granted) = request_lock(&lock) else {
-                return browser::run(&url, &|s| state.set(s), &mut on_event).await;
-            };
-            // Until the lock comes: follow the holder.
-            channel.post(&Relay::Hello(last_id(&url)));
-            let held = loop {
-                futures::select! {
-                    held = (&mut granted).fuse() => break held,
-                    relay = relays.next() => match relay {
-                        Some(Relay::Event(event)) => on_event(event),
-                        Some(Relay::State(s)) => state.set(s),
-                        Some(Relay::Hello(_)) | None => {}
-                    },
-                }
-            };
-            // The lock is released when `_held` is dropped (this future is).
-            let Ok(_held) = held else { return };
+            // The holder's last events (to replay) and heartbeat interval.
+            let recent = RefCell::new(VecDeque::<(Option<u64>, Received)>::new());
+            let every = Cell::new(None::<Duration>);
+            loop {
+                let Some(mut turn) = request_lock(&lock, false) else {
+                    return browser::run(&url, &|s| state.set(s), &mut on_event, &|_| {}).await;
+                };
+                // Until the lock comes: follow the holder.
+                channel.post(&Relay::Hello(last_id(&url)));
+                let mut heard = js_sys::Date::now();
+                let mut beat = None::<Duration>;
+                let mut look = IntervalStream::new(LOOK.as_millis() as u32).fuse();
+                let held = loop {
+                    futures::select! {
+                        held = (&mut turn.granted).fuse() => break held,
+                        relay = relays.next() => match relay {
+                            Some(Relay::Event(event)) => {
+                                heard = js_sys::Date::now();
+                                on_event(event);
+                            }
+                            Some(Relay::State(s)) => {
+                                heard = js_sys::Date::now();
+                                state.set(s);
+                            }
+                            Some(Relay::Beat(ms)) => {
+                                heard = js_sys::Date::now();
+                                beat = Some(Duration::from_millis(ms));
+                            }
+                            // Another tab arriving says nothing of the holder.
+                            Some(Relay::Hello(_)) | None => {}
+                        },
+                        _ = look.next() => {
+                            let silent = js_sys::Date::now() - heard;
+                            let limit = beat.map_or(FIRST_BEAT, |beat| beat * HOLDER_SILENCE);
+                            if silent > limit.as_millis() as f64 {
+                                // The holder is gone without letting go: take
+                                // its lock (the request still queued is
+                                // answered later and let go at once).
+                                if let Some(stolen) = request_lock(&lock, true) {
+                                    turn = stolen;
+                                }
+                                heard = js_sys::Date::now();
+                            }
+                        }
+                    }
+                };
+                // The lock is released when `_held` is dropped.
+                let Ok(_held) = held else { return };
 
-            // This tab holds the stream now; it resumes from its own last id.
-            let recent = Rc::new(RefCell::new(VecDeque::<(Option<u64>, Received)>::new()));
-            let mut relaying = {
-                let channel = channel.clone();
-                let recent = recent.clone();
-                move |event: Received| {
+                // This tab holds the stream now; it resumes from its own last id.
+                recent.borrow_mut().clear();
+                let mut relaying = |event: Received| {
                     channel.post(&Relay::Event(event.clone()));
                     {
                         let mut recent = recent.borrow_mut();
@@ -289,27 +369,38 @@ mod shared {
                         }
                     }
                     on_event(event);
-                }
-            };
-            let report = {
-                let channel = channel.clone();
-                move |s: ConnState| {
-                    state.set(s);
-                    channel.post(&Relay::State(s));
-                }
-            };
-            let stream = browser::run(&url, &report, &mut relaying).fuse();
-            futures::pin_mut!(stream);
-            loop {
-                futures::select! {
-                    _ = stream => return,
-                    relay = relays.next() => {
-                        // A tab arrived: tell it the state and what it missed.
-                        if let Some(Relay::Hello(after)) = relay {
-                            channel.post(&Relay::State(state.get_untracked()));
-                            for (id, event) in recent.borrow().iter() {
-                                if after.is_none_or(|after| id.is_some_and(|id| id > after)) {
-                                    channel.post(&Relay::Event(event.clone()));
+                };
+                let report = {
+                    let channel = channel.clone();
+                    move |s: ConnState| {
+                        state.set(s);
+                        channel.post(&Relay::State(s));
+                    }
+                };
+                let on_ping = |interval: Duration| {
+                    every.set(Some(interval));
+                    channel.post(&Relay::Beat(interval.as_millis() as u64));
+                };
+                let stream = browser::run(&url, &report, &mut relaying, &on_ping).fuse();
+                futures::pin_mut!(stream);
+                loop {
+                    futures::select! {
+                        _ = stream => return,
+                        // Another tab took the lock while this one was
+                        // frozen: it holds the stream now.
+                        _ = (&mut turn.lost).fuse() => break,
+                        relay = relays.next() => {
+                            // A tab arrived: tell it the state, the beat and
+                            // what it missed.
+                            if let Some(Relay::Hello(after)) = relay {
+                                channel.post(&Relay::State(state.get_untracked()));
+                                if let Some(every) = every.get() {
+                                    channel.post(&Relay::Beat(every.as_millis() as u64));
+                                }
+                                for (id, event) in recent.borrow().iter() {
+                                    if after.is_none_or(|after| id.is_some_and(|id| id > after)) {
+                                        channel.post(&Relay::Event(event.clone()));
+                                    }
                                 }
                             }
                         }
@@ -336,16 +427,24 @@ mod shared {
         (!locks.is_undefined() && !locks.is_null()).then_some(locks)
     }
 
-    /// Asks for the lock `name`; the receiver resolves (with the lock's
-    /// release) once this tab holds it.
-    fn request_lock(name: &str) -> Option<oneshot::Receiver<Release>> {
+    /// One request for a lock.
+    struct Turn {
+        /// Resolves (with the lock's release) once this tab holds it.
+        granted: oneshot::Receiver<Release>,
+        /// Resolves if the lock is taken from this tab.
+        lost: oneshot::Receiver<()>,
+    }
+
+    /// Asks for the lock `name`; with `steal`, takes it from its holder at
+    /// once.
+    fn request_lock(name: &str, steal: bool) -> Option<Turn> {
         let locks = locks()?;
         let request: Function = Reflect::get(&locks, &JsValue::from_str("request"))
             .ok()?
             .dyn_into()
             .ok()?;
-        let (tx, rx) = oneshot::channel::<Release>();
-        let granted = Closure::once_into_js(move |_lock: JsValue| -> Promise {
+        let (tx, granted) = oneshot::channel::<Release>();
+        let callback = Closure::once_into_js(move |_lock: JsValue| -> Promise {
             let mut tx = Some(tx);
             Promise::new(&mut |resolve, _reject| {
                 // If nobody waits any more (the page moved on), the Release
@@ -355,10 +454,27 @@ mod shared {
                 }
             })
         });
-        request
-            .call2(&locks, &JsValue::from_str(name), &granted)
+        let options = js_sys::Object::new();
+        Reflect::set(
+            &options,
+            &JsValue::from_str("steal"),
+            &JsValue::from_bool(steal),
+        )
+        .ok()?;
+        let done = request
+            .call3(&locks, &JsValue::from_str(name), &options, &callback)
             .ok()?;
-        Some(rx)
+        // The request's promise fails when the lock is stolen.
+        let (tx, lost) = oneshot::channel::<()>();
+        let on_lost = Closure::once_into_js(move |_error: JsValue| {
+            let _ = tx.send(());
+        });
+        let catch: Function = Reflect::get(&done, &JsValue::from_str("catch"))
+            .ok()?
+            .dyn_into()
+            .ok()?;
+        catch.call1(&done, &on_lost).ok()?;
+        Some(Turn { granted, lost })
     }
 
     /// A held lock: released when dropped (the tab stops following; a tab
