@@ -1,6 +1,7 @@
 import { test, expect } from './fixtures';
 import { Page, BrowserContext } from '@playwright/test';
 import { PulseServer } from './server';
+import { input, members, messages, notice, say, send, signIn as signInAt, status } from './chat';
 
 // A fixed secret, so that sessions survive the restarts below.
 const ENV = { PULSE_JWT_SECRET: 'an end-to-end secret that is long enough!' };
@@ -15,33 +16,8 @@ test.afterEach(async () => {
   await server.dispose();
 });
 
-const status = (page: Page) => page.getByTestId('chat-status');
-const messages = (page: Page) => page.locator('[data-testid=messages] li.msg');
-const input = (page: Page) => page.getByTestId('chat-input');
-const send = (page: Page) => page.getByTestId('chat-send');
-/** The display names in the member list (each also shows its tag). */
-const members = (page: Page) => page.locator('[data-testid=members] .member-name');
-/** A notice that `name` (with their tag) joined or left. */
-const notice = (name: string, verb: 'joined' | 'left') => new RegExp(`${name} #[0-9a-f]{4} ${verb}`);
-
-/** Opens `path` and signs in as `name` (or the suggested name). */
-async function signIn(page: Page, path: string, name?: string): Promise<string> {
-  await page.goto(server.url + path);
-  const field = page.getByTestId('sign-in-name');
-  await expect(field).toHaveValue(/^User\d{3}$/);
-  if (name) await field.fill(name);
-  const chosen = await field.inputValue();
-  await page.getByRole('button', { name: 'Sign in' }).click();
-  await expect(page.getByTestId('whoami')).toHaveText(chosen);
-  await expect(status(page)).toHaveText('Live');
-  return chosen;
-}
-
-async function say(page: Page, text: string) {
-  await input(page).fill(text);
-  await input(page).press('Enter');
-  await expect(input(page)).toHaveValue('');
-}
+/** Opens `path` on the server and signs in as `name` (or the suggested name). */
+const signIn = (page: Page, path: string, name?: string) => signInAt(page, server.url + path, name);
 
 test('chat: sign in, send with Enter, see user, text and local time', async ({ page }) => {
   const errors: string[] = [];

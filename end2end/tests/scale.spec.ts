@@ -1,7 +1,7 @@
 import { test, expect } from './fixtures';
-import { Page } from '@playwright/test';
 import { PulseServer } from './server';
 import { RedisServer } from './redis';
+import { say, texts } from './chat';
 
 let redis: RedisServer;
 let server: PulseServer;
@@ -19,13 +19,6 @@ test.afterEach(async () => {
   await redis.stop();
 });
 
-const texts = (page: Page) => page.locator('[data-testid=messages] li.msg .msg-text');
-
-async function say(page: Page, text: string) {
-  await page.getByTestId('chat-input').fill(text);
-  await page.getByTestId('chat-input').press('Enter');
-  await expect(page.getByTestId('chat-input')).toHaveValue('');
-}
 
 test('with Redis: a page whose server is replaced reconnects and keeps chatting, history intact', async ({ page }) => {
   await page.goto(server.url + '/chat');

@@ -1,0 +1,33 @@
+// What the chat tests do on the Chat and Rooms pages, in one place.
+import { Page } from '@playwright/test';
+import { expect } from './fixtures';
+
+export const status = (page: Page) => page.getByTestId('chat-status');
+export const messages = (page: Page) => page.locator('[data-testid=messages] li.msg');
+export const texts = (page: Page) => messages(page).locator('.msg-text');
+export const input = (page: Page) => page.getByTestId('chat-input');
+export const send = (page: Page) => page.getByTestId('chat-send');
+/** The display names in the member list (each also shows its tag). */
+export const members = (page: Page) => page.locator('[data-testid=members] .member-name');
+/** A notice that `name` (with their tag) joined or left. */
+export const notice = (name: string, verb: 'joined' | 'left') => new RegExp(`${name} #[0-9a-f]{4} ${verb}`);
+
+/** Opens `url` and signs in as `name` (or the suggested name). */
+export async function signIn(page: Page, url: string, name?: string): Promise<string> {
+  await page.goto(url);
+  const field = page.getByTestId('sign-in-name');
+  await expect(field).toHaveValue(/^User\d{3}$/);
+  if (name) await field.fill(name);
+  const chosen = await field.inputValue();
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page.getByTestId('whoami')).toHaveText(chosen);
+  await expect(status(page)).toHaveText('Live');
+  return chosen;
+}
+
+/** Sends `text` with Enter, and waits until the box is cleared (the server took it). */
+export async function say(page: Page, text: string) {
+  await input(page).fill(text);
+  await input(page).press('Enter');
+  await expect(input(page)).toHaveValue('');
+}
