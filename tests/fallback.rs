@@ -89,6 +89,15 @@ async fn stream_status(server: &Server, headers: &[(&str, &str)]) -> u16 {
         .as_u16()
 }
 
+/// Waits until posts to `conn` are answered `status`.
+async fn eventually_status(server: &Server, token: &str, conn: &str, status: u16) {
+    let ping = json!({ "conn": conn, "frames": [{"type": "ping"}] });
+    support::eventually(&format!("posts to be answered {status}"), async || {
+        (post(server, token, &ping).await == status).then_some(())
+    })
+    .await
+}
+
 async fn post(server: &Server, token: &str, body: &Value) -> u16 {
     reqwest::Client::new()
         .post(format!("{}/api/chat/send", server.url))
@@ -251,4 +260,143 @@ async fn a_user_who_posts_too_fast_is_refused_before_anything_crosses_the_bus() 
     assert_eq!(post(&server, &fay.token, &elsewhere).await, 202);
     assert_eq!(post(&server, &fay.token, &elsewhere).await, 202);
     assert_eq!(post(&server, &fay.token, &elsewhere).await, 429);
+}
+
+impl Fallback {
+    /// Attaches a connection for `tab` to this stream (posting to `server`);
+    /// returns its name, from the `hello` that comes down this stream.
+    async fn attach(&mut self, server: &Server, tab: &str) -> String {
+        let status = self
+            .post(server, json!([{"type": "attach", "tab": tab}]))
+            .await;
+        assert_eq!(status, 202);
+        let hello = self.recv_tab(tab, "hello").await;
+        assert!(hello["ping_interval_ms"].as_u64().is_some(), "{hello}");
+        hello["conn"].as_str().expect("conn").to_string()
+    }
+
+    /// Posts `frames` for the attached connection `conn` (same user).
+    async fn post_as(&self, server: &Server, conn: &str, frames: Value) -> u16 {
+        post(
+            server,
+            &self.token,
+            &json!({ "conn": conn, "frames": frames }),
+        )
+        .await
+    }
+
+    /// The next frame of type `ty` for `tab` down the stream (skipping the
+    /// carrier's own and other tabs').
+    async fn recv_tab(&mut self, tab: &str, ty: &str) -> Value {
+        loop {
+            let frame = self.sse.next().await.expect("the stream is open");
+            if frame.event.as_deref() != Some("tab") {
+                continue;
+            }
+            let data = frame.data.expect("a tab frame has data");
+            if data["tab"] == tab && data["msg"]["type"] == ty {
+                return data["msg"].clone();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn tabs_share_one_stream_each_with_a_connection_of_its_own() {
+    let server = ws::start(&[("PULSE_WS_PING_INTERVAL", "1s")]).await;
+    let mut fay = Fallback::open(&server, "Fay").await;
+    let mut wes = Client::connect(&server, "Wes").await;
+    wes.join("tech").await;
+
+    // Two more tabs of Fay's browser ride on her stream, each with a
+    // connection (and rooms) of its own.
+    let one = fay.attach(&server, "tab-1").await;
+    let two = fay.attach(&server, "tab_2").await;
+    assert_ne!(one, two);
+    assert_eq!(
+        fay.post_as(&server, &one, json!([{"type": "join", "room": "tech"}]))
+            .await,
+        202
+    );
+    let joined = fay.recv_tab("tab-1", "joined").await;
+    assert_eq!(ws::names(&joined["members"]), ["Fay", "Wes"]);
+    assert_eq!(
+        fay.post_as(
+            &server,
+            &one,
+            json!([{"type": "message", "room": "tech", "text": "from a tab"}])
+        )
+        .await,
+        202
+    );
+    assert_eq!(fay.recv_tab("tab-1", "message").await["text"], "from a tab");
+    assert_eq!(wes.recv_type("message").await["text"], "from a tab");
+    wes.say("tech", "to the tab").await;
+    assert_eq!(fay.recv_tab("tab-1", "message").await["text"], "to the tab");
+
+    // The second tab is not in #tech: sending there is refused, to it alone.
+    assert_eq!(
+        fay.post_as(
+            &server,
+            &two,
+            json!([{"type": "message", "room": "tech", "text": "x"}])
+        )
+        .await,
+        202
+    );
+    assert_eq!(fay.recv_tab("tab_2", "error").await["code"], "not_in_room");
+
+    // Another user cannot post to them; a bad tab id is refused; a socket
+    // cannot attach.
+    let other = post(
+        &server,
+        &token("Mallory"),
+        &json!({ "conn": one, "frames": [{"type": "ping"}] }),
+    )
+    .await;
+    assert_eq!(other, 403);
+    fay.post(&server, json!([{"type": "attach", "tab": "not ok!"}]))
+        .await;
+    assert_eq!(fay.recv_type("error").await["code"], "invalid_message");
+    wes.send(json!({"type": "attach", "tab": "t"})).await;
+    assert_eq!(wes.recv_type("error").await["code"], "invalid_message");
+
+    // The carrier goes: so do the tabs' connections.
+    drop(fay.sse);
+    eventually_status(&server, &fay.token, &one, 404).await;
+}
+
+#[tokio::test]
+async fn an_attached_connection_ends_when_its_tab_stops_posting_and_counts_against_the_cap() {
+    let server = ws::start(&[
+        ("PULSE_WS_PING_INTERVAL", "1s"),
+        ("PULSE_MAX_SOCKETS_PER_USER", "2"),
+    ])
+    .await;
+    let mut fay = Fallback::open(&server, "Fay").await;
+    let one = fay.attach(&server, "one").await;
+    // The user's two places are taken: a third connection is refused, down
+    // the stream, to the tab that asked.
+    assert_eq!(
+        fay.post(&server, json!([{"type": "attach", "tab": "two"}]))
+            .await,
+        202
+    );
+    assert_eq!(fay.recv_tab("two", "closed").await["code"], 1013);
+
+    // Tab one posts a ping a second for a while: it stays.
+    for _ in 0..4 {
+        assert_eq!(
+            fay.post_as(&server, &one, json!([{"type": "ping"}])).await,
+            202
+        );
+        fay.recv_tab("one", "pong").await;
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    }
+    // Then it stops (its tab closed): three intervals later it is closed,
+    // and its place is free again.
+    let closed = fay.recv_tab("one", "closed").await;
+    assert_eq!(closed["code"], 4003, "{closed}");
+    eventually_status(&server, &fay.token, &one, 404).await;
+    fay.attach(&server, "three").await;
 }

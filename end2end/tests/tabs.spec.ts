@@ -1,6 +1,7 @@
 import { test, expect } from './fixtures';
 import { Page } from '@playwright/test';
 import { PulseServer } from './server';
+import { say, signIn, status, texts } from './chat';
 
 // Over HTTP/1.1 a browser opens at most six connections to a host; with a
 // feed stream per tab, a seventh tab could not even load. The tabs of one
@@ -136,3 +137,39 @@ test('a tab that stops running while holding the stream loses it to another tab,
 
 const newestRow = async (page: Page) =>
   Number(await page.locator('[data-testid=events] li').first().getAttribute('data-id'));
+
+test('with WebSockets blocked, eight chat tabs share one fallback stream, and carry on when the tab holding it closes', async ({ context }) => {
+  test.setTimeout(90_000);
+  await server.dispose();
+  server = await PulseServer.start({ PULSE_JWT_SECRET: 'an end-to-end secret that is long enough!', PULSE_WS_PING_INTERVAL: '2s' });
+  // A network that lets no WebSocket through.
+  await context.routeWebSocket(/\/ws$/, (ws) => ws.close());
+  const tabs: Page[] = [];
+  const first = await context.newPage();
+  await signIn(first, server.url + '/chat', 'Fay');
+  tabs.push(first);
+  for (let i = 1; i < 8; i++) {
+    const page = await context.newPage();
+    await page.goto(server.url + '/chat');
+    tabs.push(page);
+  }
+  for (const page of tabs) {
+    await expect(status(page)).toHaveText('Live');
+    await expect(page.getByTestId('chat-transport')).toBeVisible();
+  }
+  // One stream for all eight tabs (over HTTP/1.1 a browser would give six
+  // streams of one host and leave the other tabs waiting).
+  await expect.poll(() => server.metric('pulse_open_connections{transport="sse"}')).toBe(1);
+  await say(tabs[7], 'from the last tab');
+  for (const page of tabs) await expect(texts(page).last()).toHaveText('from the last tab');
+
+  // The tab holding the stream closes: the others connect again, one of
+  // them holding a new stream, and go on talking.
+  await tabs[0].close();
+  const rest = tabs.slice(1);
+  await expect.poll(() => server.metric('pulse_connections_opened_total{transport="sse"}'), { timeout: 20_000 }).toBe(2);
+  await expect.poll(() => server.metric('pulse_open_connections{transport="sse"}')).toBe(1);
+  for (const page of rest) await expect(status(page)).toHaveText('Live');
+  await say(rest[3], 'after the holder left');
+  for (const page of rest) await expect(texts(page).last()).toHaveText('after the holder left');
+});

@@ -427,33 +427,123 @@ mod browser {
     /// says the network changed, it tries a WebSocket again, and moves back
     /// to one as soon as it opens (rejoining fills any gap from history; the
     /// page drops what it already has).
+    ///
+    /// The tabs of a browser share one stream: over HTTP/1.1 a browser opens
+    /// at most six connections to a host, and a stream per tab would leave a
+    /// seventh tab unable to load. A tab that needs the fallback asks the
+    /// others (on a `BroadcastChannel`) for a stream of its user's; the tab
+    /// holding one has the server attach a connection for the asking tab to
+    /// it, and relays that connection's frames. Each tab keeps a connection
+    /// of its own (its rooms, its errors) and posts for it itself. When the
+    /// holder goes, its stream and the connections on it end; the tabs hear
+    /// so (or hear nothing) and connect again, one of them as the new holder.
     mod http {
+        use std::rc::Rc;
+
         use futures::future::FusedFuture;
         use futures::{FutureExt, StreamExt};
         use gloo_net::eventsource::futures::EventSource;
+        use gloo_net::websocket::futures::WebSocket;
         use gloo_timers::future::IntervalStream;
-        use leptos::prelude::Set;
+        use leptos::prelude::{window_event_listener_untyped, GetUntracked, Set};
+        use serde::{Deserialize, Serialize};
 
         use super::super::super::retry::{timeout, CONNECT_TIMEOUT};
+        use super::super::super::tabs::{tab_id, Channel};
         use super::super::super::ConnState;
         use super::{
             opened, renew, renewal_delay, ws_url, End, Link, MIN_PING_INTERVAL_MS, TICK_MS,
         };
         use crate::protocol::{
-            ClientMessage, SendBody, ServerMessage, CHAT_SEND_PATH, CHAT_STREAM_PATH,
+            ClientMessage, SendBody, ServerMessage, TabFrame, CHAT_SEND_PATH, CHAT_STREAM_PATH,
+            TAB_EVENT,
         };
-        use gloo_net::websocket::futures::WebSocket;
 
         /// How often a WebSocket is tried again while on the fallback, in ms.
         const PROBE_EVERY_MS: f64 = 30_000.0;
 
-        /// Runs the fallback until it ends (or a WebSocket opens again).
+        /// How long a tab waits for another to offer its stream.
+        const ANSWER: std::time::Duration = std::time::Duration::from_millis(300);
+
+        /// An attached tab posts a ping every this many ping intervals: the
+        /// server ends its connection after three without a post.
+        const PING_EVERY_INTERVALS: f64 = 1.5;
+
+        /// The channel the tabs on the fallback share streams over.
+        const CHANNEL: &str = "pulse:chat";
+
+        /// What the tabs on the fallback tell each other.
+        #[derive(Serialize, Deserialize)]
+        enum Share {
+            /// A tab of `user` looks for a stream to share.
+            Where { user: String },
+            /// The holder of `stream`, one of `user`'s, offers it.
+            Here { user: String, stream: String },
+            /// A tab of `user` asks the holder of `stream` to attach it as `tab`.
+            Attach {
+                user: String,
+                stream: String,
+                tab: String,
+            },
+            /// A frame `stream` carried for an attached tab (a [`TabFrame`]).
+            Frame { stream: String, data: String },
+            /// The holder lets `stream` go (`upgraded`: it has a WebSocket).
+            Gone { stream: String, upgraded: bool },
+        }
+
+        /// The tabs of this browser on the fallback, as this tab sees them.
+        struct Tabs {
+            /// The signed-in user (tabs only share their own user's stream).
+            user: String,
+            /// To the other tabs.
+            channel: Rc<Channel<Share>>,
+            /// From the other tabs.
+            shares: futures::channel::mpsc::UnboundedReceiver<Share>,
+        }
+
+        /// Runs the fallback until it ends (or a WebSocket opens again): on
+        /// another tab's stream if one offers it, else on a stream of this
+        /// tab's, offered to the others.
         pub async fn serve(link: &mut Link<'_>) -> End {
-            let state = link.state;
+            let user = link.state.session.get_untracked().map(|s| s.user_id);
+            let tabs = user.and_then(|user| {
+                let (channel, shares) = Channel::open(CHANNEL)?;
+                Some(Tabs {
+                    user,
+                    channel: Rc::new(channel),
+                    shares,
+                })
+            });
+            let Some(mut tabs) = tabs else {
+                return hold(link, None).await;
+            };
+            tabs.channel.post(&Share::Where {
+                user: tabs.user.clone(),
+            });
+            let offered = timeout(ANSWER, async {
+                loop {
+                    match tabs.shares.next().await {
+                        Some(Share::Here { user, stream }) if user == tabs.user => break stream,
+                        Some(_) => {}
+                        None => futures::future::pending::<()>().await,
+                    }
+                }
+            })
+            .await;
+            match offered {
+                Some(stream) => follow(link, &mut tabs, stream).await,
+                None => hold(link, Some(&mut tabs)).await,
+            }
+        }
+
+        /// Holds a stream of this tab's, and shares it with `tabs`.
+        async fn hold(link: &mut Link<'_>, mut tabs: Option<&mut Tabs>) -> End {
             let Ok(mut source) = EventSource::new(CHAT_STREAM_PATH) else {
                 return End::Refused;
             };
-            let Ok(mut frames) = source.subscribe("message") else {
+            let (Ok(mut frames), Ok(mut tab_frames)) =
+                (source.subscribe("message"), source.subscribe(TAB_EVENT))
+            else {
                 return End::Refused;
             };
             // The stream starts with the connection's name.
@@ -472,57 +562,163 @@ mod browser {
             else {
                 return End::Refused;
             };
-            link.backoff.reset();
-            state.awaiting.set(false);
-            state.over_http.set(true);
-            state.status.set(ConnState::Live);
-            let rejoin: Vec<ClientMessage> = super::super::lock(link.rooms)
-                .iter()
-                .map(|room| ClientMessage::Join { room: room.clone() })
-                .collect();
-            if !rejoin.is_empty() && !post(&conn, rejoin).await {
+            if !went_live(link, &conn).await {
                 return End::Closed(1006);
             }
+            // The other tabs learn when this stream goes: when this ends,
+            // and when the page goes away (which runs no destructor).
+            let _gone = tabs.as_ref().map(|tabs| Gone::new(&tabs.channel, &conn));
 
             let now = js_sys::Date::now;
             let mut tick = IntervalStream::new(TICK_MS).fuse();
             let interval_ms = (ping_interval_ms as f64).max(MIN_PING_INTERVAL_MS);
             let mut renew_at = now() + renewal_delay(*link.expires_at).as_millis() as f64;
             let mut heard_at = now();
-            let mut probe_at = now() + PROBE_EVERY_MS;
-            let mut probe = futures::future::Fuse::terminated();
-            loop {
+            let mut probe = Probe::new();
+            let end = loop {
+                let shared = async {
+                    match tabs.as_mut() {
+                        Some(tabs) => tabs.shares.next().await,
+                        None => futures::future::pending().await,
+                    }
+                };
                 futures::select! {
                     frame = frames.next().fuse() => {
                         heard_at = now();
-                        let Some(Ok((_, frame))) = frame else { return End::Closed(1006) };
-                        match frame.data().as_string().map(|t| serde_json::from_str::<ServerMessage>(&t)) {
-                            Some(Ok(ServerMessage::Closed { code, .. })) => return End::Closed(code),
-                            Some(Ok(ServerMessage::Pong { .. } | ServerMessage::Hello { .. })) => {}
-                            Some(Ok(msg)) => state.apply(msg),
-                            _ => leptos::logging::warn!("unreadable frame from the server"),
+                        let Some(Ok((_, frame))) = frame else { break End::Closed(1006) };
+                        let msg = frame.data().as_string().and_then(|t| serde_json::from_str(&t).ok());
+                        if let Some(end) = apply(link, msg) {
+                            break end;
                         }
                     }
-                    // Offline ends the connection; another sign that the
-                    // network changed is the moment to try a WebSocket.
+                    // Another tab's frames: for it to pick up.
+                    frame = tab_frames.next().fuse() => {
+                        heard_at = now();
+                        let Some(Ok((_, frame))) = frame else { break End::Closed(1006) };
+                        if let (Some(tabs), Some(data)) = (&tabs, frame.data().as_string()) {
+                            tabs.channel.post(&Share::Frame { stream: conn.clone(), data });
+                        }
+                    }
+                    share = shared.fuse() => match (share, &tabs) {
+                        (Some(Share::Where { user }), Some(tabs)) if user == tabs.user => {
+                            tabs.channel.post(&Share::Here { user, stream: conn.clone() });
+                        }
+                        (Some(Share::Attach { user, stream, tab }), Some(tabs))
+                            if user == tabs.user && stream == conn =>
+                        {
+                            // The server answers down this stream, tagged
+                            // for the tab; a refused post means the stream
+                            // is gone, which the stream itself shows.
+                            post(&conn, vec![ClientMessage::Attach { tab }]).await;
+                        }
+                        _ => {}
+                    },
+                    offline = link.wake.any().fuse() => {
+                        if offline {
+                            break End::Closed(1006);
+                        }
+                        probe.now();
+                    }
+                    msg = link.queue.next() => {
+                        let Some(msg) = msg else { break End::Closed(1000) };
+                        if !post(&conn, vec![msg]).await {
+                            // The connection is gone (or the server is): start over.
+                            break End::Closed(1006);
+                        }
+                    }
+                    ws = probe.opened() => {
+                        if let Some(ws) = ws {
+                            break End::Upgrade(ws);
+                        }
+                    }
+                    _ = tick.next() => {
+                        let t = now();
+                        if t - heard_at > 2.0 * interval_ms {
+                            break End::Closed(1006);
+                        }
+                        probe.when_due(t);
+                        if t >= renew_at && renew(link, &mut renew_at).await {
+                            break End::Renewed;
+                        }
+                    }
+                }
+            };
+            if let (Some(gone), End::Upgrade(_)) = (&_gone, &end) {
+                gone.upgraded();
+            }
+            source.close();
+            end
+        }
+
+        /// Runs a connection attached to the stream another tab holds.
+        async fn follow(link: &mut Link<'_>, tabs: &mut Tabs, stream: String) -> End {
+            let tab = tab_id();
+            tabs.channel.post(&Share::Attach {
+                user: tabs.user.clone(),
+                stream: stream.clone(),
+                tab: tab.clone(),
+            });
+            // Until its hello comes, through the holder.
+            let hello = timeout(CONNECT_TIMEOUT, async {
+                loop {
+                    match next_for(tabs, &stream, &tab).await {
+                        Ok(Some(msg)) => break Some(msg),
+                        Ok(None) => {}
+                        Err(_) => break None,
+                    }
+                }
+            })
+            .await
+            .flatten();
+            let (conn, ping_interval_ms) = match hello {
+                Some(ServerMessage::Hello {
+                    conn,
+                    ping_interval_ms,
+                }) => (conn, ping_interval_ms),
+                Some(ServerMessage::Closed { code, .. }) => return End::Closed(code),
+                // The holder is gone or stuck: connect again (maybe as the
+                // holder).
+                _ => return End::Closed(1006),
+            };
+            if !went_live(link, &conn).await {
+                return End::Closed(1006);
+            }
+
+            let now = js_sys::Date::now;
+            let mut tick = IntervalStream::new(TICK_MS).fuse();
+            let interval_ms = (ping_interval_ms as f64).max(MIN_PING_INTERVAL_MS);
+            let mut heard_at = now();
+            let mut ping_at = now() + PING_EVERY_INTERVALS * interval_ms;
+            let mut probe = Probe::new();
+            loop {
+                futures::select! {
+                    next = next_for(tabs, &stream, &tab).fuse() => match next {
+                        Ok(Some(msg)) => {
+                            heard_at = now();
+                            if let Some(end) = apply(link, Some(msg)) {
+                                return end;
+                            }
+                        }
+                        Ok(None) => {}
+                        // The holder let the stream go: if for a WebSocket,
+                        // try one at once; else connect again.
+                        Err(true) => return End::Refused,
+                        Err(false) => return End::Closed(1006),
+                    },
                     offline = link.wake.any().fuse() => {
                         if offline {
                             return End::Closed(1006);
                         }
-                        if probe.is_terminated() {
-                            probe = open_websocket().boxed_local().fuse();
-                        }
+                        probe.now();
                     }
                     msg = link.queue.next() => {
                         let Some(msg) = msg else { return End::Closed(1000) };
                         if !post(&conn, vec![msg]).await {
-                            // The connection is gone (or the server is): start over.
                             return End::Closed(1006);
                         }
                     }
-                    ws = probe => {
+                    ws = probe.opened() => {
                         if let Some(ws) = ws {
-                            source.close();
                             return End::Upgrade(ws);
                         }
                     }
@@ -531,15 +727,161 @@ mod browser {
                         if t - heard_at > 2.0 * interval_ms {
                             return End::Closed(1006);
                         }
-                        if t >= probe_at && probe.is_terminated() {
-                            probe_at = t + PROBE_EVERY_MS;
-                            probe = open_websocket().boxed_local().fuse();
+                        // Keeps the connection: the server ends an attached
+                        // one whose tab stops posting. (The session is the
+                        // holder's to renew: this connection lives on its
+                        // stream.)
+                        if t >= ping_at {
+                            ping_at = t + PING_EVERY_INTERVALS * interval_ms;
+                            if !post(&conn, vec![ClientMessage::Ping]).await {
+                                return End::Closed(1006);
+                            }
                         }
-                        if t >= renew_at && renew(link, &mut renew_at).await {
-                            return End::Renewed;
-                        }
+                        probe.when_due(t);
                     }
                 }
+            }
+        }
+
+        /// The next frame for `tab` on `stream`, from the holder's relays:
+        /// `Ok(None)` for anything else, `Err(upgraded)` when the holder
+        /// lets the stream go (or the channel closes).
+        async fn next_for(
+            tabs: &mut Tabs,
+            stream: &str,
+            tab: &str,
+        ) -> Result<Option<ServerMessage>, bool> {
+            match tabs.shares.next().await {
+                Some(Share::Frame { stream: s, data }) if s == stream => {
+                    Ok(serde_json::from_str::<TabFrame>(&data)
+                        .ok()
+                        .filter(|f| f.tab == tab)
+                        .map(|f| f.msg))
+                }
+                Some(Share::Gone {
+                    stream: s,
+                    upgraded,
+                }) if s == stream => Err(upgraded),
+                Some(_) => Ok(None),
+                None => Err(false),
+            }
+        }
+
+        /// The connection `conn` is up: says so and rejoins the rooms; false
+        /// if the rejoin could not be posted.
+        async fn went_live(link: &mut Link<'_>, conn: &str) -> bool {
+            let state = link.state;
+            link.backoff.reset();
+            state.awaiting.set(false);
+            state.over_http.set(true);
+            state.status.set(ConnState::Live);
+            let rejoin: Vec<ClientMessage> = super::super::lock(link.rooms)
+                .iter()
+                .map(|room| ClientMessage::Join { room: room.clone() })
+                .collect();
+            rejoin.is_empty() || post(conn, rejoin).await
+        }
+
+        /// Applies a frame from the server; `Some` when it ends the
+        /// connection.
+        fn apply(link: &Link<'_>, msg: Option<ServerMessage>) -> Option<End> {
+            match msg {
+                Some(ServerMessage::Closed { code, .. }) => return Some(End::Closed(code)),
+                Some(ServerMessage::Pong { .. } | ServerMessage::Hello { .. }) => {}
+                Some(msg) => link.state.apply(msg),
+                None => leptos::logging::warn!("unreadable frame from the server"),
+            }
+            None
+        }
+
+        /// Tells the other tabs that a stream is gone: on drop, and when
+        /// the page goes away.
+        struct Gone {
+            /// To the other tabs.
+            channel: Rc<Channel<Share>>,
+            /// The stream.
+            stream: String,
+            /// Listens for the page going away.
+            listener: Option<leptos::prelude::WindowListenerHandle>,
+            /// Set when the holder moves to a WebSocket.
+            upgraded: std::cell::Cell<bool>,
+        }
+
+        impl Gone {
+            fn new(channel: &Rc<Channel<Share>>, stream: &str) -> Gone {
+                let listener = {
+                    let (channel, stream) = (channel.clone(), stream.to_string());
+                    window_event_listener_untyped("pagehide", move |_| {
+                        channel.post(&Share::Gone {
+                            stream: stream.clone(),
+                            upgraded: false,
+                        });
+                    })
+                };
+                Gone {
+                    channel: channel.clone(),
+                    stream: stream.to_string(),
+                    listener: Some(listener),
+                    upgraded: std::cell::Cell::new(false),
+                }
+            }
+
+            fn upgraded(&self) {
+                self.upgraded.set(true);
+            }
+        }
+
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                if let Some(listener) = self.listener.take() {
+                    listener.remove();
+                }
+                self.channel.post(&Share::Gone {
+                    stream: self.stream.clone(),
+                    upgraded: self.upgraded.get(),
+                });
+            }
+        }
+
+        /// Tries a WebSocket again now and then while on the fallback.
+        struct Probe {
+            /// When the next try is due (ms since the epoch).
+            at: f64,
+            /// The try under way, if any.
+            attempt:
+                futures::future::Fuse<futures::future::LocalBoxFuture<'static, Option<WebSocket>>>,
+        }
+
+        impl Probe {
+            fn new() -> Probe {
+                Probe {
+                    at: js_sys::Date::now() + PROBE_EVERY_MS,
+                    attempt: futures::future::Fuse::terminated(),
+                }
+            }
+
+            /// Tries now (unless a try is under way).
+            fn now(&mut self) {
+                if self.attempt.is_terminated() {
+                    self.at = js_sys::Date::now() + PROBE_EVERY_MS;
+                    self.attempt = open_websocket().boxed_local().fuse();
+                }
+            }
+
+            /// Tries if one is due at `t`.
+            fn when_due(&mut self, t: f64) {
+                if t >= self.at {
+                    self.now();
+                }
+            }
+
+            /// The try's outcome, when it has one.
+            fn opened(
+                &mut self,
+            ) -> &mut futures::future::Fuse<
+                futures::future::LocalBoxFuture<'static, Option<WebSocket>>,
+            > {
+                &mut self.attempt
             }
         }
 

@@ -186,7 +186,6 @@ mod browser {
 mod shared {
     use std::cell::{Cell, RefCell};
     use std::collections::VecDeque;
-    use std::rc::Rc;
     use std::time::Duration;
 
     use futures::channel::{mpsc, oneshot};
@@ -196,8 +195,8 @@ mod shared {
     use leptos::prelude::*;
     use wasm_bindgen::closure::Closure;
     use wasm_bindgen::{JsCast, JsValue};
-    use web_sys::{BroadcastChannel, MessageEvent};
 
+    use super::super::tabs::Channel;
     use super::{browser, ConnState, Received};
     use crate::protocol::LAST_EVENT_ID_PARAM;
 
@@ -231,35 +230,12 @@ mod shared {
         Hello(Option<u64>),
     }
 
-    /// This tab's end of the channel between the tabs following one topic.
-    struct Channel {
-        /// The channel.
-        channel: BroadcastChannel,
-        /// Keeps its listener alive.
-        _listener: Closure<dyn FnMut(MessageEvent)>,
-    }
-
-    impl Channel {
-        fn post(&self, relay: &Relay) {
-            if let Ok(text) = serde_json::to_string(relay) {
-                let _ = self.channel.post_message(&JsValue::from_str(&text));
-            }
-        }
-    }
-
-    impl Drop for Channel {
-        fn drop(&mut self) {
-            self.channel.set_onmessage(None);
-            self.channel.close();
-        }
-    }
-
     /// This tab's membership of the tabs following one topic.
     pub struct Tabs {
         /// The Web Lock's name (also the channel's).
         lock: String,
         /// Where relays go.
-        channel: Rc<Channel>,
+        channel: Channel<Relay>,
         /// Relays from other tabs.
         relays: mpsc::UnboundedReceiver<Relay>,
     }
@@ -270,24 +246,10 @@ mod shared {
         pub fn join(topic: &str) -> Option<Tabs> {
             locks()?;
             let name = format!("pulse:{topic}");
-            let channel = BroadcastChannel::new(&name).ok()?;
-            let (tx, relays) = mpsc::unbounded();
-            let listener = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
-                if let Some(relay) = e
-                    .data()
-                    .as_string()
-                    .and_then(|text| serde_json::from_str::<Relay>(&text).ok())
-                {
-                    let _ = tx.unbounded_send(relay);
-                }
-            });
-            channel.set_onmessage(Some(listener.as_ref().unchecked_ref()));
+            let (channel, relays) = Channel::open(&name)?;
             Some(Tabs {
                 lock: name,
-                channel: Rc::new(Channel {
-                    channel,
-                    _listener: listener,
-                }),
+                channel,
                 relays,
             })
         }
@@ -370,12 +332,9 @@ mod shared {
                     }
                     on_event(event);
                 };
-                let report = {
-                    let channel = channel.clone();
-                    move |s: ConnState| {
-                        state.set(s);
-                        channel.post(&Relay::State(s));
-                    }
+                let report = |s: ConnState| {
+                    state.set(s);
+                    channel.post(&Relay::State(s));
                 };
                 let on_ping = |interval: Duration| {
                     every.set(Some(interval));

@@ -20,6 +20,8 @@ pub mod events;
 mod retry;
 mod status;
 pub mod stored;
+#[cfg(feature = "hydrate")]
+mod tabs;
 
 pub use status::{ConnState, StatusBadge};
 

@@ -13,6 +13,31 @@ pub const CHAT_STREAM_PATH: &str = "/api/chat/stream";
 /// The HTTP fallback's upstream: `POST` a [`SendBody`].
 pub const CHAT_SEND_PATH: &str = "/api/chat/send";
 
+/// SSE event type of the frames of a connection attached to another's
+/// fallback stream (see [`ClientMessage::Attach`]); their data is a
+/// [`TabFrame`].
+pub const TAB_EVENT: &str = "tab";
+
+/// Longest tab id of [`ClientMessage::Attach`].
+pub const MAX_TAB_ID: usize = 32;
+
+/// Whether `tab` is a valid tab id: 1–32 characters of `A-Z a-z 0-9 - _`.
+pub fn is_valid_tab(tab: &str) -> bool {
+    (1..=MAX_TAB_ID).contains(&tab.len())
+        && tab
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A frame of an attached connection, as its carrier stream sends it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TabFrame {
+    /// The tab that attached the connection.
+    pub tab: String,
+    /// The frame.
+    pub msg: ServerMessage,
+}
+
 /// Most frames in one [`SendBody`].
 pub const MAX_FRAMES_PER_SEND: usize = 16;
 
@@ -59,6 +84,9 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 /// Close code: a text frame that is not valid UTF-8 (RFC 6455).
 pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code: refused for now (the user holds as many connections as they
+/// may); try again later (RFC 6455).
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// A frame from client to server.
 ///
@@ -86,6 +114,15 @@ pub enum ClientMessage {
     /// Are you there? Answered with `pong`. Browsers cannot see WebSocket
     /// pings, so this is how a page tells a live socket from a dead one.
     Ping,
+    /// (HTTP fallback streams only.) Opens another connection of the same
+    /// user whose frames come down this stream as [`TAB_EVENT`] events
+    /// tagged with `tab`, starting with its `hello`: how the tabs of one
+    /// browser share one stream. The new connection ends with this stream,
+    /// or when nothing is posted to it for three ping intervals.
+    Attach {
+        /// The tab's id (1–32 characters of `A-Z a-z 0-9 - _`).
+        tab: String,
+    },
 }
 
 /// Someone in a room: their id (unique, stable) and display name (shown,

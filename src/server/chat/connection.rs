@@ -300,6 +300,14 @@ pub(super) async fn act(chat: &Chat, socket: Socket<'_>, msg: ClientMessage) {
                 });
             }
         }
+        // Handled by a fallback stream before it gets here.
+        ClientMessage::Attach { .. } => {
+            metrics::invalid_message();
+            outbox.send(&error(
+                ErrorCode::InvalidMessage,
+                "attach is for the connection of an HTTP fallback stream",
+            ));
+        }
         ClientMessage::Join { room } => {
             if !joined.contains(&room) && joined.len() >= MAX_ROOMS_PER_CONNECTION {
                 outbox.send(&error(

@@ -6,6 +6,12 @@
 //!   unguessable name) and carrying a `pong` every ping interval. It passes
 //!   the same checks as `GET /ws` (origin, token, the user's cap) and holds
 //!   the same kind of connection: rooms, limits, expiry, sign-out.
+//! - The tabs of one browser share one stream (over HTTP/1.1 a browser
+//!   opens at most six connections to a host): the stream's connection is
+//!   a carrier, and `attach` frames posted to it open more connections of
+//!   the same user whose frames come down the same stream, tagged with
+//!   their tab. Each is a connection like any other (rooms, limits); it ends
+//!   with its carrier, or when its tab stops posting.
 //! - `POST /api/chat/send` is the upstream: `{"conn", "frames"}`, the frames
 //!   a socket would have sent, acted on in order by the connection. The
 //!   answer is `202`: what they do comes down the stream (`joined`, the
@@ -24,18 +30,20 @@ use axum::extract::ws::{CloseFrame, Message};
 use axum::extract::{Extension, OriginalUri, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::stream;
+use futures::stream::{self, SelectAll};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::connection::{self, Places, Socket};
 use super::hub::{ConnId, User};
-use super::outbox::{Outbox, Queue};
+use super::outbox::{error, Outbox, Queue};
 use super::{identify, take_place, too_many_sockets, turned_off, Chat, HealthWatch};
 use crate::protocol::{
-    ClientMessage, SendBody, ServerMessage, CLOSE_GOING_AWAY, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_SLOW,
-    MAX_FRAMES_PER_SEND, MAX_FRAME_BYTES,
+    is_valid_tab, ClientMessage, ErrorCode, SendBody, ServerMessage, CLOSE_GOING_AWAY,
+    CLOSE_PING_TIMEOUT, CLOSE_TOKEN_EXPIRED, CLOSE_TOO_SLOW, CLOSE_TRY_AGAIN_LATER,
+    MAX_FRAMES_PER_SEND, MAX_FRAME_BYTES, MAX_TAB_ID, TAB_EVENT,
 };
 use crate::server::auth::{bearer_token, cookie_token, AuthError};
 use crate::server::bus::BusEvent;
@@ -108,7 +116,7 @@ impl Chat {
 }
 
 /// `GET /api/chat/stream`: the checks of `GET /ws`, then an SSE stream of the
-/// connection's frames.
+/// connection's frames (and of the connections attached to it).
 pub async fn stream(
     State(chat): State<Arc<Chat>>,
     Extension(admitted): Extension<Admitted>,
@@ -125,8 +133,59 @@ pub async fn stream(
     let Some((user, places)) = take_place(&chat, admitted, &claims) else {
         return too_many_sockets();
     };
+    let (attach, attached) = mpsc::channel(ATTACHED_WAITING);
+    let identity = Identity {
+        user,
+        sid: claims.sid,
+        expires_at: claims.exp,
+    };
+    let queue = open(&chat, identity, places, Role::Carrier { attach });
+    sse_response(body(queue, attached))
+}
+
+/// Who a connection belongs to (an attached one: the same as its carrier).
+#[derive(Clone)]
+struct Identity {
+    /// The authenticated user.
+    user: User,
+    /// Their sign-in session.
+    sid: String,
+    /// When the token expires (Unix seconds): the connection ends then.
+    expires_at: u64,
+}
+
+/// What a fallback connection is to its stream.
+enum Role {
+    /// It holds the stream, and may attach others to it.
+    Carrier {
+        /// Where attached connections' queues go, for the stream to send.
+        attach: mpsc::Sender<Attached>,
+    },
+    /// It rides on another's stream: it ends with it, or when its tab stops
+    /// posting for [`LEASE_PINGS`] ping intervals.
+    Attached,
+}
+
+/// A connection attached to a stream: its tab and its outbound queue.
+struct Attached {
+    /// Tags its frames.
+    tab: Arc<str>,
+    /// Its frames.
+    queue: Queue,
+}
+
+/// Ping intervals without a post after which an attached connection ends
+/// (its tab is gone; a tab posts a ping every interval).
+const LEASE_PINGS: u32 = 3;
+
+/// Attached connections whose queues a stream has not picked up yet.
+const ATTACHED_WAITING: usize = 8;
+
+/// Opens a fallback connection: names it, gives it an inbox and an outbox
+/// that starts with `hello`, and runs it. Returns its outbound queue.
+fn open(chat: &Arc<Chat>, identity: Identity, places: Places, role: Role) -> Queue {
     let id = chat.next_id.fetch_add(1, Ordering::Relaxed);
-    let session = chat.sessions.hold(&claims.sid);
+    let session = chat.sessions.hold(&identity.sid);
     // The instance in the name routes posts that reach another instance.
     let name = format!(
         "{}.{:016x}{:016x}",
@@ -138,7 +197,7 @@ pub async fn stream(
     chat.inboxes().insert(
         name.clone(),
         Inbox {
-            user_id: user.id.clone(),
+            user_id: identity.user.id.clone(),
             tx,
         },
     );
@@ -147,20 +206,20 @@ pub async fn stream(
         conn: name.clone(),
         ping_interval_ms: chat.ping_interval.as_millis() as u64,
     });
-    let span = tracing::info_span!("http", conn = id, user = %user.id);
+    let span = tracing::info_span!("http", conn = id, user = %identity.user.id);
     let connection = Connection {
         chat: chat.clone(),
         id,
-        user,
+        identity,
         name,
         session,
-        expires_at: claims.exp,
         inbox: rx,
         outbox,
-        _places: places,
+        places,
+        role,
     };
     chat.sockets.spawn(serve(connection).instrument(span));
-    sse_response(body(queue))
+    queue
 }
 
 /// One fallback connection, as its task holds it.
@@ -169,20 +228,21 @@ struct Connection {
     chat: Arc<Chat>,
     /// This connection in the hub.
     id: ConnId,
-    /// The authenticated user.
-    user: User,
+    /// Whose it is.
+    identity: Identity,
     /// Its name (its inbox's key).
     name: String,
     /// Its sign-in session.
     session: SessionHold,
-    /// When the token expires (Unix seconds): the stream ends then.
-    expires_at: u64,
     /// Posted frames.
     inbox: mpsc::Receiver<ClientMessage>,
     /// Everything sent down the stream.
     outbox: Outbox,
-    /// Its places in the server's limits.
-    _places: Places,
+    /// Its places in the server's limits (attached connections share their
+    /// carrier's connection places, and take a user place of their own).
+    places: Places,
+    /// Carrier or attached.
+    role: Role,
 }
 
 /// Acts on posted frames until the stream ends, for whatever reason.
@@ -190,16 +250,22 @@ async fn serve(connection: Connection) {
     let Connection {
         chat,
         id,
-        user,
+        identity,
         name,
         session,
-        expires_at,
         mut inbox,
         outbox,
-        _places,
+        places,
+        role,
     } = connection;
+    let user = &identity.user;
     let _open = chat.sockets.token();
-    metrics::connection_opened(Transport::Sse);
+    // An attached connection is not a stream of its own: only carriers
+    // count as open SSE streams.
+    let attached = matches!(role, Role::Attached);
+    if !attached {
+        metrics::connection_opened(Transport::Sse);
+    }
     let mut joined = BTreeSet::<String>::new();
     let mut last_pong = None;
     let mut health = HealthWatch::start(&chat, &outbox);
@@ -209,14 +275,21 @@ async fn serve(connection: Connection) {
     let mut beat =
         tokio::time::interval_at(Instant::now() + chat.ping_interval, chat.ping_interval);
     beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let expiry = tokio::time::sleep(Duration::from_secs(expires_at.saturating_sub(now_secs())));
+    let expiry = tokio::time::sleep(Duration::from_secs(
+        identity.expires_at.saturating_sub(now_secs()),
+    ));
     tokio::pin!(expiry);
+    // An attached connection's lease, renewed by every post.
+    let lease = chat.ping_interval * LEASE_PINGS;
+    let lapsed = tokio::time::sleep(lease);
+    tokio::pin!(lapsed);
     let end: Option<(u16, &str)> = loop {
         tokio::select! {
             _ = chat.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down")),
             _ = outbox.too_slow().cancelled() => break Some((CLOSE_TOO_SLOW, "too slow: outbound queue full")),
             _ = &mut expiry => break Some((CLOSE_TOKEN_EXPIRED, "token expired")),
             _ = session.signed_out().cancelled() => break Some((CLOSE_TOKEN_EXPIRED, "signed out")),
+            _ = &mut lapsed, if attached => break Some((CLOSE_PING_TIMEOUT, "nothing posted for three ping intervals")),
             _ = outbox.closed() => break None,
             frame = health.changed() => { outbox.send(&frame); }
             // The stream's heartbeat: what tells the client it is alive.
@@ -224,8 +297,16 @@ async fn serve(connection: Connection) {
             frame = inbox.recv() => {
                 let Some(frame) = frame else { break None };
                 metrics::message_received();
-                let socket = Socket { id, user: &user, outbox: &outbox, joined: &mut joined, last_pong: &mut last_pong };
-                connection::act(&chat, socket, frame).await;
+                lapsed.as_mut().reset(Instant::now() + lease);
+                match (frame, &role) {
+                    (ClientMessage::Attach { tab }, Role::Carrier { attach }) => {
+                        attach_to(&chat, &identity, &places, attach, &outbox, tab);
+                    }
+                    (frame, _) => {
+                        let socket = Socket { id, user, outbox: &outbox, joined: &mut joined, last_pong: &mut last_pong };
+                        connection::act(&chat, socket, frame).await;
+                    }
+                }
             }
         }
     };
@@ -242,24 +323,112 @@ async fn serve(connection: Connection) {
         code: 1000,
         reason: "".into(),
     })));
-    metrics::connection_closed(Transport::Sse);
+    if !attached {
+        metrics::connection_closed(Transport::Sse);
+    }
 }
 
-/// The SSE body of a connection's queue: each frame as a `data:` line,
-/// until the close frame.
-fn body(queue: Queue) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
-    stream::unfold(queue, |mut queue| async move {
+/// Attaches a connection for `tab` to the stream of the carrier whose
+/// identity and places are given: one more of the user's connections, whose
+/// frames go down the carrier's stream.
+fn attach_to(
+    chat: &Arc<Chat>,
+    identity: &Identity,
+    places: &Places,
+    attach: &mpsc::Sender<Attached>,
+    carrier: &Outbox,
+    tab: String,
+) {
+    if !is_valid_tab(&tab) {
+        metrics::invalid_message();
+        carrier.send(&error(
+            ErrorCode::InvalidMessage,
+            format!("a tab id is 1 to {MAX_TAB_ID} characters of A-Z a-z 0-9 - _"),
+        ));
+        return;
+    }
+    let tab: Arc<str> = Arc::from(tab);
+    let Some(slot) = chat.sockets_per_user.try_acquire(identity.user.id.clone()) else {
+        // Told down the stream, tagged for the tab, like any of its frames.
+        metrics::refused("per_user");
+        let (outbox, queue) = Outbox::new(chat.queue_bytes);
+        outbox.send(&ServerMessage::Closed {
+            code: CLOSE_TRY_AGAIN_LATER,
+            reason: "too many open connections for this user".to_string(),
+        });
+        outbox.push(Message::Close(None));
+        let _ = attach.try_send(Attached { tab, queue });
+        return;
+    };
+    let places = Places {
+        _connection: places._connection.clone(),
+        _stream: places._stream.clone(),
+        _user: slot,
+    };
+    let queue = open(chat, identity.clone(), places, Role::Attached);
+    if attach.try_send(Attached { tab, queue }).is_err() {
+        // The stream is gone or not keeping up: dropping the queue ends
+        // the connection just opened.
+        carrier.send(&error(
+            ErrorCode::RateLimited,
+            "too many connections attaching at once",
+        ));
+    }
+}
+
+/// The SSE body of a carrier's stream: its own frames as `data:` lines, and
+/// those of the connections attached to it as [`TAB_EVENT`] events, until
+/// its own close frame.
+fn body(
+    queue: Queue,
+    attached: mpsc::Receiver<Attached>,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    let own = frames(None, queue);
+    let start = (SelectAll::from_iter([own]), attached);
+    stream::unfold(start, |(mut all, mut attached)| async move {
         loop {
-            match queue.recv().await? {
-                Message::Text(text) => {
-                    let frame = Bytes::from(format!("data: {}\n\n", text.as_str()));
-                    return Some((Ok(frame), queue));
-                }
-                Message::Close(_) => return None,
-                _ => continue,
+            tokio::select! {
+                // Only the carrier's own frames end the stream; an attached
+                // connection that ends just leaves it.
+                frame = all.next() => match frame? {
+                    (None, Message::Text(text)) => {
+                        let frame = Bytes::from(format!("data: {}\n\n", text.as_str()));
+                        return Some((Ok(frame), (all, attached)));
+                    }
+                    (None, Message::Close(_)) => return None,
+                    (Some(tab), Message::Text(text)) => {
+                        // A tab id needs no escaping (see is_valid_tab), and
+                        // the text is a JSON object already.
+                        let frame = Bytes::from(format!(
+                            "event: {TAB_EVENT}\ndata: {{\"tab\":\"{tab}\",\"msg\":{}}}\n\n",
+                            text.as_str()
+                        ));
+                        return Some((Ok(frame), (all, attached)));
+                    }
+                    _ => continue,
+                },
+                Some(Attached { tab, queue }) = attached.recv() => all.push(frames(Some(tab), queue)),
             }
         }
     })
+}
+
+/// One connection's outbound frames, tagged with its tab if it is attached.
+/// Its stream ends after its close frame.
+fn frames(
+    tab: Option<Arc<str>>,
+    queue: Queue,
+) -> stream::BoxStream<'static, (Option<Arc<str>>, Message)> {
+    stream::unfold(Some(queue), move |queue| {
+        let tab = tab.clone();
+        async move {
+            let mut queue = queue?;
+            let frame = queue.recv().await?;
+            let next = (!matches!(frame, Message::Close(_))).then_some(queue);
+            Some(((tab, frame), next))
+        }
+    })
+    .boxed()
 }
 
 /// `POST /api/chat/send`: `202` once the frames are on their way to the
