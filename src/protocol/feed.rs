@@ -8,6 +8,10 @@ pub const FEED_PATH: &str = "/api/events";
 /// Path of the notifications endpoint (`POST`, Bearer JWT).
 pub const NOTIFICATIONS_PATH: &str = "/api/notifications";
 
+/// Notifications the server keeps apart from the ticker's backlog, so that
+/// anyone who opens the feed sees the latest ones, however busy the ticker.
+pub const RECENT_NOTIFICATIONS: usize = 20;
+
 /// Query parameter a client may use instead of the `Last-Event-ID` header on
 /// its first connection (browsers only send the header when they reconnect).
 pub const LAST_EVENT_ID_PARAM: &str = "lastEventId";

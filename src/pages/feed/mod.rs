@@ -9,6 +9,7 @@ pub mod model;
 pub mod publish;
 
 use leptos::prelude::*;
+use leptos_meta::Title;
 
 use crate::client::events::{self, Received};
 use crate::client::{ConnState, StatusBadge};
@@ -17,12 +18,13 @@ use crate::time::format_time;
 use model::{event_kind, FeedModel, SPARK_POINTS};
 use publish::PublishForm;
 
-/// The latest events, oldest first, for the first render of the page.
+/// The latest events and notifications, oldest first, for the first render
+/// of the page.
 #[server(endpoint = "recent_events")]
 pub async fn recent_events() -> Result<Vec<FeedItem>, ServerFnError> {
     let feed = use_context::<std::sync::Arc<crate::server::feed::Feed>>()
         .ok_or_else(|| ServerFnError::new("the feed is not available"))?;
-    Ok(feed.recent(model::ROWS + model::NOTES))
+    Ok(feed.recent(model::ROWS))
 }
 
 /// The Feed page.
@@ -31,6 +33,7 @@ pub fn FeedPage() -> impl IntoView {
     let recent = Resource::new(|| (), |_| recent_events());
     view! {
         <section class="page feed-page">
+            <Title text="Live feed"/>
             <h1>"Live feed"</h1>
             <Suspense fallback=|| view! { <p class="muted">"Loading the feed…"</p> }>
                 {move || Suspend::new(async move {
@@ -75,9 +78,8 @@ fn LiveFeed(initial: Vec<FeedItem>) -> impl IntoView {
                 }
             });
         }
-        let now = js_now();
         model.update(|m| {
-            m.receive(event, &received.last_event_id, now);
+            m.receive(event, &received.last_event_id);
         });
     };
     // One stream for all of this browser's Feed tabs.
@@ -121,7 +123,7 @@ fn LiveFeed(initial: Vec<FeedItem>) -> impl IntoView {
                     view! {
                         <li class=format!("event event-{kind}") data-id=row.id.map(|id| id.to_string())>
                             <span class="event-type">{kind}</span>
-                            <time class="event-time">{move || format_time(ts, hydrated.get())}</time>
+                            <time class="event-time">{move || ts.map(|ts| format_time(ts, hydrated.get()))}</time>
                             <span class="event-value">{value}</span>
                         </li>
                     }
@@ -149,17 +151,5 @@ fn LiveFeed(initial: Vec<FeedItem>) -> impl IntoView {
             </ul>
             <PublishForm/>
         </section>
-    }
-}
-
-/// The browser's clock (ms since the epoch); the server never calls it.
-fn js_now() -> u64 {
-    #[cfg(feature = "hydrate")]
-    {
-        js_sys::Date::now() as u64
-    }
-    #[cfg(not(feature = "hydrate"))]
-    {
-        0
     }
 }

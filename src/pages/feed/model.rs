@@ -1,13 +1,16 @@
 //! What the Feed page shows, as plain data: the newest rows, the latest
 //! notifications, the sparkline's values, and the rules by which events
 //! arriving from the stream (possibly again, after a reconnect) change it.
+//!
+//! The list holds events of the feed only, newest first: the connection's
+//! state is the badge's to show.
 
-use crate::protocol::{user_tag, FeedEvent, FeedItem};
+use crate::protocol::{user_tag, FeedEvent, FeedItem, RECENT_NOTIFICATIONS};
 
 /// Events shown at once.
 pub const ROWS: usize = 10;
 /// Notifications shown at once.
-pub const NOTES: usize = 5;
+pub const NOTES: usize = RECENT_NOTIFICATIONS;
 /// Values drawn in the sparkline.
 pub const SPARK_POINTS: usize = 30;
 
@@ -18,8 +21,9 @@ pub struct Row {
     pub key: u64,
     /// The event's SSE id, for updates.
     pub id: Option<u64>,
-    /// When it happened (ms since the epoch).
-    pub timestamp: u64,
+    /// When it happened (ms since the epoch); `None` for a gap, which
+    /// happened between the rows around it.
+    pub timestamp: Option<u64>,
     /// The event.
     pub event: FeedEvent,
 }
@@ -59,7 +63,7 @@ impl FeedModel {
     pub fn new(initial: &[FeedItem]) -> FeedModel {
         let mut model = FeedModel::default();
         for item in initial {
-            model.show(Some(item.id), item.event.clone(), 0);
+            model.show(Some(item.id), item.event.clone());
         }
         model.last_id = initial.last().map(|item| item.id);
         model
@@ -68,7 +72,7 @@ impl FeedModel {
     /// Applies an event from the stream: `last_event_id` is what the browser
     /// reported with it, `now` the local time (ms). Returns false for an
     /// event already shown (the stream replays around a reconnect).
-    pub fn receive(&mut self, event: FeedEvent, last_event_id: &str, now: u64) -> bool {
+    pub fn receive(&mut self, event: FeedEvent, last_event_id: &str) -> bool {
         let id = match event {
             // `lastEventId` of an event without `id:` repeats the previous
             // id, so only events that carry one are numbered.
@@ -80,9 +84,8 @@ impl FeedModel {
                 self.last_id = None;
                 None
             }
-            FeedEvent::Connected { .. } => None,
-            // The connection's state, not an event of the feed.
-            FeedEvent::Health { .. } => return false,
+            // The connection's state, not events of the feed.
+            FeedEvent::Connected { .. } | FeedEvent::Health { .. } => return false,
         };
         if let Some(id) = id {
             if self.last_id.is_some_and(|last| id <= last) {
@@ -90,11 +93,11 @@ impl FeedModel {
             }
             self.last_id = Some(id);
         }
-        self.show(id, event, now);
+        self.show(id, event);
         true
     }
 
-    fn show(&mut self, id: Option<u64>, event: FeedEvent, now: u64) {
+    fn show(&mut self, id: Option<u64>, event: FeedEvent) {
         if let FeedEvent::Notification {
             id,
             user_id,
@@ -126,7 +129,7 @@ impl FeedModel {
             self.values.drain(..excess);
         }
         self.next_key += 1;
-        let timestamp = timestamp_of(&event).unwrap_or(now);
+        let timestamp = timestamp_of(&event);
         self.rows.insert(
             0,
             Row {
@@ -141,7 +144,7 @@ impl FeedModel {
 }
 
 /// When `event` happened, if it says.
-pub fn timestamp_of(event: &FeedEvent) -> Option<u64> {
+fn timestamp_of(event: &FeedEvent) -> Option<u64> {
     match event {
         FeedEvent::Connected { timestamp }
         | FeedEvent::Update { timestamp, .. }
@@ -183,10 +186,10 @@ mod tests {
         let mut m = FeedModel::new(&initial);
         assert_eq!(m.rows.len(), 3);
         assert_eq!(m.last_id, Some(3));
-        assert!(!m.receive(update(3), "3", 0), "already shown");
-        assert!(m.receive(update(4), "4", 0));
+        assert!(!m.receive(update(3), "3"), "already shown");
+        assert!(m.receive(update(4), "4"));
         for id in 5..30 {
-            m.receive(update(id), &id.to_string(), 0);
+            m.receive(update(id), &id.to_string());
         }
         assert_eq!(m.rows.len(), ROWS);
         assert_eq!(m.rows[0].id, Some(29), "newest first");
@@ -196,9 +199,17 @@ mod tests {
     #[test]
     fn a_gap_restarts_the_numbering_and_notifications_are_kept_apart() {
         let mut m = FeedModel::new(&[]);
-        assert!(m.receive(update(1), "10", 0));
-        assert!(m.receive(FeedEvent::Gap, "10", 5));
-        assert!(m.receive(update(2), "1", 0), "a new sequence after a gap");
+        assert!(
+            !m.receive(FeedEvent::Connected { timestamp: 1 }, ""),
+            "the badge's, not a row"
+        );
+        assert!(m.receive(update(1), "10"));
+        assert!(m.receive(FeedEvent::Gap, "10"));
+        assert!(m.receive(update(2), "1"), "a new sequence after a gap");
+        // Newest first, and every row with a time is in time order.
+        let times: Vec<u64> = m.rows.iter().filter_map(|r| r.timestamp).collect();
+        assert_eq!(times, [2, 1]);
+        assert_eq!(m.rows[1].event, FeedEvent::Gap);
         let note = FeedEvent::Notification {
             id: "n1".into(),
             user_id: "u".into(),
@@ -206,8 +217,8 @@ mod tests {
             text: "hi".into(),
             timestamp: 7,
         };
-        assert!(m.receive(note.clone(), "2", 0));
-        assert!(!m.receive(note, "2", 0));
+        assert!(m.receive(note.clone(), "2"));
+        assert!(!m.receive(note, "2"));
         assert_eq!(m.notes.len(), 1);
         assert!(m
             .rows

@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 use tokio::time::{interval, interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{FeedEvent, FeedItem};
+use crate::protocol::{FeedEvent, FeedItem, RECENT_NOTIFICATIONS};
 use crate::server::bus::{BusEvent, Incoming};
 use crate::server::clock::now_ms;
 
@@ -73,6 +73,9 @@ struct Backlog {
     lost_up_to: u64,
     /// At most `capacity` events, oldest first, ids increasing.
     events: VecDeque<Stored>,
+    /// The latest [`RECENT_NOTIFICATIONS`] notifications, oldest first: kept
+    /// apart, as the ticker pushes them out of `events` within seconds.
+    notifications: VecDeque<FeedItem>,
     /// Bound on `events`.
     capacity: usize,
 }
@@ -125,6 +128,7 @@ impl Feed {
                 last_id: time_id() - 1,
                 lost_up_to: time_id() - 1,
                 events: VecDeque::with_capacity(capacity),
+                notifications: VecDeque::with_capacity(RECENT_NOTIFICATIONS),
                 capacity,
             }),
             live,
@@ -163,6 +167,15 @@ impl Feed {
             if let Some(gone) = backlog.events.pop_front() {
                 backlog.lost_up_to = gone.item.id;
             }
+        }
+        if matches!(event, FeedEvent::Notification { .. }) {
+            if backlog.notifications.len() == RECENT_NOTIFICATIONS {
+                backlog.notifications.pop_front();
+            }
+            backlog.notifications.push_back(FeedItem {
+                id,
+                event: event.clone(),
+            });
         }
         backlog.events.push_back(Stored {
             item: FeedItem { id, event },
@@ -236,16 +249,21 @@ impl Feed {
         }
     }
 
-    /// The newest `n` events, oldest first (for server-side rendering).
-    pub fn recent(&self, n: usize) -> Vec<FeedItem> {
+    /// For server-side rendering, oldest first: the newest `rows` events
+    /// other than notifications, and the latest notifications (however old).
+    pub fn recent(&self, rows: usize) -> Vec<FeedItem> {
         let backlog = self.lock();
-        let skip = backlog.events.len().saturating_sub(n);
-        backlog
+        let mut recent: Vec<FeedItem> = backlog
             .events
             .iter()
-            .skip(skip)
+            .rev()
+            .filter(|s| !matches!(s.item.event, FeedEvent::Notification { .. }))
+            .take(rows)
             .map(|s| s.item.clone())
-            .collect()
+            .collect();
+        recent.extend(backlog.notifications.iter().cloned());
+        recent.sort_by_key(|item| item.id);
+        recent
     }
 
     /// Number of open streams.
@@ -356,5 +374,30 @@ mod tests {
         assert_eq!(recent.len(), 10);
         assert!(recent.windows(2).all(|w| w[0].id < w[1].id));
         assert_eq!(feed.lock().events.len(), 100);
+    }
+
+    #[test]
+    fn the_latest_notifications_outlive_the_backlog() {
+        let feed = Feed::new(100, Duration::from_secs(1), Duration::from_secs(15));
+        let note = |n: usize| FeedEvent::Notification {
+            id: format!("n{n}"),
+            user_id: "u".into(),
+            user: "Ada".into(),
+            text: format!("note {n}"),
+            timestamp: 1,
+        };
+        let notes: Vec<u64> = (0..25).map(|n| feed.publish(note(n))).collect();
+        for _ in 0..300 {
+            feed.publish(update());
+        }
+        let recent = feed.recent(10);
+        let kept: Vec<u64> = recent
+            .iter()
+            .filter(|i| matches!(i.event, FeedEvent::Notification { .. }))
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(kept, notes[5..], "the latest twenty, oldest first");
+        assert_eq!(recent.len(), 10 + RECENT_NOTIFICATIONS);
+        assert!(recent.windows(2).all(|w| w[0].id < w[1].id));
     }
 }
