@@ -39,7 +39,8 @@ pub fn App() -> impl IntoView {
     provide_meta_context();
     view! {
         <Stylesheet id="leptos" href="/pkg/pulse.css"/>
-        <Title text="pulse"/>
+        // Each page names itself; the site's name follows.
+        <Title formatter=|page: String| format!("{page} · pulse")/>
         <Router>
             <header class="topbar">
                 <a class="brand" href="/">"pulse"</a>
@@ -71,6 +72,7 @@ pub fn App() -> impl IntoView {
 fn NotFound() -> impl IntoView {
     view! {
         <section class="page">
+            <Title text="Not found"/>
             <h1>"Not found"</h1>
             <p>"There is no page here. " <a href="/">"Back to the feed"</a></p>
         </section>

@@ -3,6 +3,7 @@
 //! status.
 
 use leptos::prelude::*;
+use leptos_meta::Title;
 
 use crate::chat::{ChatGate, ChatState, Composer, Connection, MessageList};
 
@@ -14,6 +15,7 @@ const ROOM: &str = "general";
 pub fn ChatPage() -> impl IntoView {
     view! {
         <section class="page chat-page">
+            <Title text="Chat"/>
             <h1>"Chat"</h1>
             <ChatGate body=general/>
         </section>

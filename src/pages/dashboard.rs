@@ -3,10 +3,12 @@
 //! second over Server-Sent Events (`/api/stats`).
 
 use leptos::prelude::*;
+use leptos_meta::Title;
 
 use crate::client::events::{self, Received};
 use crate::client::{ConnState, StatusBadge};
 use crate::protocol::{Stats, STATS_PATH};
+use crate::time::format_time;
 
 /// Samples kept (one a second: the last minute).
 const POINTS: usize = 60;
@@ -41,6 +43,7 @@ pub fn DashboardPage() -> impl IntoView {
 
     view! {
         <section class="page dashboard-page">
+            <Title text="Dashboard"/>
             <h1>"Dashboard"</h1>
             <StatusBadge state=status testid="dashboard-status"/>
             <dl class="figures">
@@ -48,7 +51,7 @@ pub fn DashboardPage() -> impl IntoView {
                 <div><dt>"WebSockets"</dt><dd data-testid="open-ws">{figure(|s| s.ws.to_string())}</dd></div>
                 <div><dt>"Received / s"</dt><dd data-testid="received-rate">{figure(|s| format!("{:.1}", s.received_per_s))}</dd></div>
                 <div><dt>"Delivered / s"</dt><dd data-testid="delivered-rate">{figure(|s| format!("{:.1}", s.delivered_per_s))}</dd></div>
-                <div><dt>"Broker"</dt><dd data-testid="broker">{figure(|s| s.broker.clone())}</dd></div>
+                <div><dt>"Broker"</dt><dd class="figure-word" data-testid="broker">{figure(|s| s.broker.clone())}</dd></div>
             </dl>
             <Chart
                 title="Open connections"
@@ -69,7 +72,9 @@ pub fn DashboardPage() -> impl IntoView {
 /// A line series: label, CSS class, and how to read it from a sample.
 type Series = (&'static str, &'static str, fn(&Stats) -> f64);
 
-/// An SVG line chart of the last minute, scaled to its largest value.
+/// An SVG line chart of the last minute, scaled to its largest value and
+/// filled from the left as samples arrive, with its value range beside it,
+/// its time range below, and each series' latest value in the legend.
 #[component]
 fn Chart(
     title: &'static str,
@@ -80,6 +85,8 @@ fn Chart(
 ) -> impl IntoView {
     const W: f64 = 300.0;
     const H: f64 = 100.0;
+    /// Time between two samples, in ms (one a second).
+    const STEP_MS: u64 = 1000;
     let readers: Vec<fn(&Stats) -> f64> = series.iter().map(|s| s.2).collect();
     let peak = Memo::new(move |_| {
         samples.with(|s| {
@@ -88,6 +95,15 @@ fn Chart(
                 .fold(1.0_f64, f64::max)
         })
     });
+    // The times at the left and right edges (the right one: where the
+    // chart fills up, or the newest sample once it has).
+    let span = move || {
+        samples.with(|s| {
+            let first = s.first()?.timestamp;
+            let last = first + (POINTS as u64 - 1) * STEP_MS;
+            Some((format_time(first, true), format_time(last, true)))
+        })
+    };
     let lines = series
         .into_iter()
         .map(|(label, class, read)| {
@@ -97,11 +113,10 @@ fn Chart(
                 }
                 let top = peak.get();
                 samples.with(|s| {
-                    let offset = POINTS.saturating_sub(s.len());
                     s.iter()
                         .enumerate()
                         .map(|(i, x)| {
-                            let px = (offset + i) as f64 * W / (POINTS - 1) as f64;
+                            let px = i as f64 * W / (POINTS - 1) as f64;
                             let py = H - read(x) / top * (H - 4.0) - 2.0;
                             format!("{px:.1},{py:.1}")
                         })
@@ -109,26 +124,55 @@ fn Chart(
                         .join(" ")
                 })
             };
-            (label, class, points)
+            let latest = move || {
+                live.get()
+                    .then(|| samples.with(|s| s.last().map(|x| format_value(read(x)))))
+                    .flatten()
+                    .unwrap_or_else(|| "—".to_string())
+            };
+            (label, class, points, latest)
         })
         .collect::<Vec<_>>();
     let legend = lines
         .iter()
-        .map(|(label, class, _)| view! { <li class=*class>{*label}</li> })
+        .map(|(label, class, _, latest)| {
+            view! { <li class=*class>{*label} " " <span class="legend-value">{*latest}</span></li> }
+        })
         .collect_view();
     let polylines = lines
         .into_iter()
-        .map(|(_, class, points)| view! { <polyline class=class points=points/> })
+        .map(|(_, class, points, _)| view! { <polyline class=class points=points/> })
         .collect_view();
     view! {
         <figure class="chart">
             <figcaption>
-                {title} " (max " {move || format!("{:.0}", peak.get())} ")"
+                {title}
                 <ul class="legend">{legend}</ul>
             </figcaption>
-            <svg viewBox="0 0 300 100" preserveAspectRatio="none" role="img" aria-label=title>
-                {polylines}
-            </svg>
+            <div class="plot">
+                <div class="y-axis" aria-hidden="true">
+                    <span data-testid="chart-max">{move || format_value(peak.get())}</span>
+                    <span>"0"</span>
+                </div>
+                <svg viewBox="0 0 300 100" preserveAspectRatio="none" role="img" aria-label=title>
+                    <line class="baseline" x1="0" y1="98" x2="300" y2="98"/>
+                    {polylines}
+                </svg>
+            </div>
+            <div class="x-axis" aria-hidden="true">
+                <span data-testid="chart-start">{move || span().map(|s| s.0)}</span>
+                <span>{move || span().map(|s| s.1)}</span>
+            </div>
         </figure>
+    }
+}
+
+/// A figure as the charts label it: whole numbers as they are, others to
+/// one decimal.
+fn format_value(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
     }
 }

@@ -4,6 +4,7 @@
 //! members, live.
 
 use leptos::prelude::*;
+use leptos_meta::Title;
 
 use leptos_router::hooks::{use_navigate, use_params_map};
 
@@ -14,24 +15,30 @@ use crate::protocol::{is_valid_room, DEFAULT_ROOMS, MAX_ROOM_NAME};
 /// The Rooms page.
 #[component]
 pub fn RoomsPage() -> impl IntoView {
+    let current = current_room();
     view! {
         <section class="page rooms-page">
+            <Title text=move || format!("#{} · Rooms", current.get())/>
             <h1>"Rooms"</h1>
             <ChatGate body=rooms/>
         </section>
     }
 }
 
-fn rooms(state: ChatState, conn: Connection) -> AnyView {
-    // The room is the URL's (`/rooms/tech`), so reloads, links and the back
-    // button work; `/rooms` is #general.
+/// The room in the URL (`/rooms/tech`), so that reloads, links and the back
+/// button work; `/rooms` is #general.
+fn current_room() -> Memo<String> {
     let params = use_params_map();
-    let current = Memo::new(move |_| {
+    Memo::new(move |_| {
         params
             .with(|p| p.get("room"))
             .filter(|room| is_valid_room(room))
             .unwrap_or_else(|| DEFAULT_ROOMS[0].to_string())
-    });
+    })
+}
+
+fn rooms(state: ChatState, conn: Connection) -> AnyView {
+    let current = current_room();
     // Rooms one has been in, beyond the defaults, for the list; the browser
     // remembers them across reloads (read once the page is interactive, so
     // the first render matches the server's).
