@@ -4,6 +4,9 @@ use leptos::prelude::*;
 
 use crate::protocol::MAX_TEXT_CHARS;
 
+/// What a signed-out publisher is told (the form then offers to sign in).
+const SIGN_IN_FIRST: &str = "Sign in to publish.";
+
 /// Publishes `text` as a notification to the feed of every instance, as the
 /// signed-in user (same validation and rate limit as chat messages).
 #[server(endpoint = "publish_notification")]
@@ -22,7 +25,10 @@ pub async fn publish_notification(text: String) -> Result<(), ServerFnError> {
             if let Some(res) = use_context::<leptos_axum::ResponseOptions>() {
                 res.set_status(e.status());
             }
-            ServerFnError::new(e.message())
+            match e {
+                notify::NotifyError::Unauthorized(_) => ServerFnError::new(SIGN_IN_FIRST),
+                e => ServerFnError::new(e.message()),
+            }
         })
 }
 
@@ -37,7 +43,16 @@ pub fn PublishForm() -> impl IntoView {
         }
     });
     let error = move || match action.value().get() {
-        Some(Err(e)) => Some(crate::session::error_message(&e)),
+        Some(Err(e)) => {
+            let message = crate::session::error_message(&e);
+            // Signed out: the way to sign in, rather than an error.
+            Some(if message == SIGN_IN_FIRST {
+                view! { "Sign in to publish: " <a href="/chat" data-testid="publish-sign-in">"sign in"</a> }
+                    .into_any()
+            } else {
+                message.into_any()
+            })
+        }
         _ => None,
     };
     view! {
