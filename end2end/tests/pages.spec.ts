@@ -1,0 +1,179 @@
+import { test, expect } from './fixtures';
+import { Browser, Page } from '@playwright/test';
+import { PulseServer } from './server';
+import { input, send, signIn } from './chat';
+
+// Pages that look finished, on a phone and on a desktop.
+
+const ENV = {
+  PULSE_JWT_SECRET: 'an end-to-end secret that is long enough!',
+  PULSE_FEED_INTERVAL: '100ms',
+};
+
+let server: PulseServer;
+
+test.beforeEach(async () => {
+  server = await PulseServer.start(ENV);
+});
+
+test.afterEach(async () => {
+  await server.dispose();
+});
+
+const SIZES = [
+  { width: 1280, height: 800 },
+  { width: 360, height: 740 },
+];
+
+/** Nothing is wider than the window. */
+async function noHorizontalOverflow(page: Page) {
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  expect(overflow, 'horizontal overflow (px)').toBeLessThanOrEqual(0);
+}
+
+/** The navigation's links are all on one line. */
+async function navOnOneLine(page: Page) {
+  const tops = await page
+    .getByRole('navigation', { name: 'Main' })
+    .getByRole('link')
+    .evaluateAll((links) => links.map((l) => Math.round(l.getBoundingClientRect().top)));
+  expect(tops.length).toBe(4);
+  expect(new Set(tops).size, `link tops ${tops}`).toBe(1);
+}
+
+for (const size of SIZES) {
+  test(`every page at ${size.width}×${size.height}: no overflow, one-line navigation, composer and Go on screen`, async ({ browser }) => {
+    const context = await browser.newContext({ viewport: size });
+    const page = await context.newPage();
+    for (const path of ['/', '/dashboard']) {
+      await page.goto(server.url + path);
+      await expect(page.locator('[data-testid$=-status]').first()).toHaveText('Live');
+      await noHorizontalOverflow(page);
+      await navOnOneLine(page);
+    }
+
+    // Chat: the message box and its button are on screen as the page opens,
+    // without scrolling (the message list scrolls, not the page).
+    await signIn(page, server.url + '/chat', 'Ada');
+    await page.goto(server.url + '/chat');
+    await expect(page.getByTestId('chat-status')).toHaveText('Live');
+    expect(await page.evaluate(() => window.scrollY)).toBe(0);
+    await noHorizontalOverflow(page);
+    await navOnOneLine(page);
+    await expect(input(page)).toBeInViewport({ ratio: 1 });
+    await expect(send(page)).toBeInViewport({ ratio: 1 });
+    await input(page).fill('hello');
+    await send(page).click();
+    await expect(page.locator('[data-testid=messages] li.msg .msg-text')).toHaveText(['hello']);
+
+    // Rooms: the same, and "Go" is clickable (a click, not Enter).
+    await page.goto(server.url + '/rooms');
+    await expect(page.getByTestId('chat-status')).toHaveText('Live');
+    expect(await page.evaluate(() => window.scrollY)).toBe(0);
+    await noHorizontalOverflow(page);
+    await navOnOneLine(page);
+    await expect(input(page)).toBeInViewport({ ratio: 1 });
+    await expect(send(page)).toBeInViewport({ ratio: 1 });
+    await page.getByTestId('new-room').fill('side-project');
+    await page.getByRole('button', { name: 'Go' }).click();
+    await expect(page.getByTestId('current-room')).toHaveText('#side-project');
+    await expect(page).toHaveURL(/\/rooms\/side-project$/);
+    await context.close();
+  });
+}
+
+test('each page has a title of its own', async ({ page }) => {
+  const titles: [string, string][] = [
+    ['/', 'Live feed · pulse'],
+    ['/chat', 'Chat · pulse'],
+    ['/rooms/tech', '#tech · Rooms · pulse'],
+    ['/dashboard', 'Dashboard · pulse'],
+    ['/nowhere', 'Not found · pulse'],
+  ];
+  for (const [path, title] of titles) {
+    await page.goto(server.url + path);
+    await expect(page).toHaveTitle(title);
+  }
+  // Navigating in the page changes it too.
+  await page.goto(server.url + '/');
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Dashboard' }).click();
+  await expect(page).toHaveTitle('Dashboard · pulse');
+});
+
+test('publishing while signed out is answered 401 and offers to sign in', async ({ page }) => {
+  await page.goto(server.url);
+  await expect(page.getByTestId('feed-status')).toHaveText('Live');
+  await page.getByTestId('publish-text').fill('hello');
+  const answer = page.waitForResponse((r) => r.url().includes('/api/publish_notification'));
+  await page.getByRole('button', { name: 'Publish' }).click();
+  expect((await answer).status()).toBe(401);
+  const link = page.getByTestId('publish-sign-in');
+  await expect(link).toBeVisible();
+  await expect(page.locator('.publish [role=alert]')).not.toContainText('error');
+  await link.click();
+  await expect(page.getByTestId('sign-in-name')).toBeVisible();
+});
+
+async function newPage(browser: Browser): Promise<Page> {
+  return (await browser.newContext()).newPage();
+}
+
+test('a notification stays on the Feed for later visitors, however busy the ticker', async ({ browser }) => {
+  await server.dispose();
+  // A ticker fast enough to push the notification out of the 256-event
+  // backlog within seconds.
+  server = await PulseServer.start({ ...ENV, PULSE_FEED_INTERVAL: '10ms' });
+  const ops = await newPage(browser);
+  await signIn(ops, server.url + '/chat', 'Ops');
+  await ops.goto(server.url);
+  await expect(ops.getByTestId('feed-status')).toHaveText('Live');
+  await ops.getByTestId('publish-text').fill('deploy at 5');
+  await ops.getByRole('button', { name: 'Publish' }).click();
+  await expect(ops.getByTestId('publish-text')).toHaveValue('');
+  const rowId = async (page: Page) => Number(await page.locator('[data-testid=events] li').first().getAttribute('data-id'));
+  const at = await rowId(ops);
+  // More than a backlog's worth of events later (ids are ms × 1000 apart
+  // at least)…
+  await expect.poll(() => rowId(ops), { timeout: 30_000 }).toBeGreaterThan(at + 300 * 10_000);
+
+  // …someone opens the Feed for the first time, and sees it with its author.
+  const later = await newPage(browser);
+  await later.goto(server.url);
+  const note = later.locator('[data-testid=notifications] li').first();
+  await expect(note.locator('.note-user')).toHaveText('Ops');
+  await expect(note.locator('.note-text')).toHaveText('deploy at 5');
+});
+
+test('the feed lists events only, newest first in time order', async ({ page }) => {
+  await page.goto(server.url);
+  await expect(page.getByTestId('feed-status')).toHaveText('Live');
+  await expect(page.locator('[data-testid=events] li')).toHaveCount(10);
+  // Reconnect (the connection's state is the badge's, not a row's).
+  await server.stop();
+  await expect(page.getByTestId('feed-status')).not.toHaveText('Live');
+  await server.launch();
+  await expect(page.getByTestId('feed-status')).toHaveText('Live', { timeout: 20_000 });
+  await expect.poll(() => page.locator('[data-testid=events] li.event-update').count()).toBeGreaterThan(5);
+  await expect(page.locator('[data-testid=events] li.event-connected')).toHaveCount(0);
+  const ids = (await page.locator('[data-testid=events] li[data-id]').evaluateAll((rows) =>
+    rows.map((r) => Number(r.getAttribute('data-id'))),
+  )) as number[];
+  expect(ids, 'newest first').toEqual([...ids].sort((a, b) => b - a));
+  const times = await page.locator('[data-testid=events] li.event-update time').allTextContents();
+  expect(times, 'in time order').toEqual([...times].sort().reverse());
+});
+
+test('the dashboard charts fill from the left, with a time axis and their values', async ({ page }) => {
+  await page.goto(server.url + '/dashboard');
+  await expect(page.getByTestId('dashboard-status')).toHaveText('Live');
+  const line = page.locator('figure.chart svg polyline').first();
+  await expect(line).toHaveAttribute('points', /^0\.0,/);
+  await expect(page.getByTestId('chart-start').first()).toHaveText(/^\d{2}:\d{2}:\d{2}$/);
+  await expect(page.getByTestId('chart-max').first()).toHaveText(/^\d+(\.\d)?$/);
+  await expect(page.locator('.legend-value').first()).toHaveText(/^\d+(\.\d)?$/);
+  // "in-process" on one line.
+  const broker = page.getByTestId('broker');
+  await expect(broker).toHaveText('in-process');
+  const lines = await broker.evaluate((el) => Math.round(el.getBoundingClientRect().height / parseFloat(getComputedStyle(el).lineHeight)));
+  expect(lines).toBe(1);
+});
