@@ -449,7 +449,7 @@ mod browser {
         use serde::{Deserialize, Serialize};
 
         use super::super::super::retry::{timeout, CONNECT_TIMEOUT};
-        use super::super::super::tabs::{tab_id, Channel};
+        use super::super::super::tabs::{request_lock, tab_id, Ask, Channel, Release};
         use super::super::super::ConnState;
         use super::{
             opened, renew, renewal_delay, ws_url, End, Link, MIN_PING_INTERVAL_MS, TICK_MS,
@@ -471,6 +471,9 @@ mod browser {
 
         /// The channel the tabs on the fallback share streams over.
         const CHANNEL: &str = "pulse:chat";
+
+        /// The Web Lock of the tab that holds the stream.
+        const HOLDER_LOCK: &str = "pulse:chat-holder";
 
         /// What the tabs on the fallback tell each other.
         #[derive(Serialize, Deserialize)]
@@ -515,29 +518,53 @@ mod browser {
                 })
             });
             let Some(mut tabs) = tabs else {
-                return hold(link, None).await;
+                return hold(link, None, None).await;
             };
-            tabs.channel.post(&Share::Where {
-                user: tabs.user.clone(),
-            });
-            let offered = timeout(ANSWER, async {
-                loop {
-                    match tabs.shares.next().await {
-                        Some(Share::Here { user, stream }) if user == tabs.user => break stream,
-                        Some(_) => {}
-                        None => futures::future::pending::<()>().await,
+            // Find the tab that holds this user's stream, or become it: of
+            // tabs that look at once (the holder just left), the one that
+            // gets the lock holds the stream and the others follow it.
+            let give_up = js_sys::Date::now() + CONNECT_TIMEOUT.as_millis() as f64;
+            loop {
+                tabs.channel.post(&Share::Where {
+                    user: tabs.user.clone(),
+                });
+                let offered = timeout(ANSWER, async {
+                    loop {
+                        match tabs.shares.next().await {
+                            Some(Share::Here { user, stream }) if user == tabs.user => {
+                                break stream
+                            }
+                            Some(_) => {}
+                            None => futures::future::pending::<()>().await,
+                        }
                     }
+                })
+                .await;
+                if let Some(stream) = offered {
+                    return follow(link, &mut tabs, stream).await;
                 }
-            })
-            .await;
-            match offered {
-                Some(stream) => follow(link, &mut tabs, stream).await,
-                None => hold(link, Some(&mut tabs)).await,
+                let Some(turn) = request_lock(HOLDER_LOCK, Ask::IfFree) else {
+                    // No Web Locks: hold a stream, shared with whoever asks.
+                    return hold(link, Some(&mut tabs), None).await;
+                };
+                if let Ok(held) = turn.granted.await {
+                    return hold(link, Some(&mut tabs), Some(held)).await;
+                }
+                // Another tab is opening the stream: ask it, unless it
+                // takes too long (then this tab holds a stream of its own).
+                if js_sys::Date::now() > give_up {
+                    return hold(link, None, None).await;
+                }
             }
         }
 
-        /// Holds a stream of this tab's, and shares it with `tabs`.
-        async fn hold(link: &mut Link<'_>, mut tabs: Option<&mut Tabs>) -> End {
+        /// Holds a stream of this tab's, and shares it with `tabs`; `_held`
+        /// is the holder's lock, let go when this ends.
+        async fn hold(
+            link: &mut Link<'_>,
+            mut tabs: Option<&mut Tabs>,
+            _held: Option<Release>,
+        ) -> End {
             let Ok(mut source) = EventSource::new(CHAT_STREAM_PATH) else {
                 return End::Refused;
             };

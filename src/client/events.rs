@@ -188,17 +188,13 @@ mod shared {
     use std::collections::VecDeque;
     use std::time::Duration;
 
-    use futures::channel::{mpsc, oneshot};
-    use futures::{FutureExt, StreamExt};
-    use gloo_timers::future::IntervalStream;
-    use js_sys::{Function, Promise, Reflect};
-    use leptos::prelude::*;
-    use wasm_bindgen::closure::Closure;
-    use wasm_bindgen::{JsCast, JsValue};
-
-    use super::super::tabs::Channel;
+    use super::super::tabs::{locks, request_lock, Ask, Channel};
     use super::{browser, ConnState, Received};
     use crate::protocol::LAST_EVENT_ID_PARAM;
+    use futures::channel::mpsc;
+    use futures::{FutureExt, StreamExt};
+    use gloo_timers::future::IntervalStream;
+    use leptos::prelude::*;
 
     /// Events the holder keeps to replay to a tab that just arrived.
     const REPLAY: usize = 64;
@@ -274,7 +270,7 @@ mod shared {
             let recent = RefCell::new(VecDeque::<(Option<u64>, Received)>::new());
             let every = Cell::new(None::<Duration>);
             loop {
-                let Some(mut turn) = request_lock(&lock, false) else {
+                let Some(mut turn) = request_lock(&lock, Ask::Wait) else {
                     return browser::run(&url, &|s| state.set(s), &mut on_event, &|_| {}).await;
                 };
                 // Until the lock comes: follow the holder.
@@ -308,7 +304,7 @@ mod shared {
                                 // The holder is gone without letting go: take
                                 // its lock (the request still queued is
                                 // answered later and let go at once).
-                                if let Some(stolen) = request_lock(&lock, true) {
+                                if let Some(stolen) = request_lock(&lock, Ask::Steal) {
                                     turn = stolen;
                                 }
                                 heard = js_sys::Date::now();
@@ -377,72 +373,5 @@ mod shared {
             let (key, value) = pair.split_once('=')?;
             (key == LAST_EVENT_ID_PARAM).then(|| value.parse().ok())?
         })
-    }
-
-    /// The browser's LockManager, if it has one.
-    fn locks() -> Option<JsValue> {
-        let navigator = window().navigator();
-        let locks = Reflect::get(&navigator, &JsValue::from_str("locks")).ok()?;
-        (!locks.is_undefined() && !locks.is_null()).then_some(locks)
-    }
-
-    /// One request for a lock.
-    struct Turn {
-        /// Resolves (with the lock's release) once this tab holds it.
-        granted: oneshot::Receiver<Release>,
-        /// Resolves if the lock is taken from this tab.
-        lost: oneshot::Receiver<()>,
-    }
-
-    /// Asks for the lock `name`; with `steal`, takes it from its holder at
-    /// once.
-    fn request_lock(name: &str, steal: bool) -> Option<Turn> {
-        let locks = locks()?;
-        let request: Function = Reflect::get(&locks, &JsValue::from_str("request"))
-            .ok()?
-            .dyn_into()
-            .ok()?;
-        let (tx, granted) = oneshot::channel::<Release>();
-        let callback = Closure::once_into_js(move |_lock: JsValue| -> Promise {
-            let mut tx = Some(tx);
-            Promise::new(&mut |resolve, _reject| {
-                // If nobody waits any more (the page moved on), the Release
-                // comes back and is dropped at once: the lock goes.
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(Release(resolve));
-                }
-            })
-        });
-        let options = js_sys::Object::new();
-        Reflect::set(
-            &options,
-            &JsValue::from_str("steal"),
-            &JsValue::from_bool(steal),
-        )
-        .ok()?;
-        let done = request
-            .call3(&locks, &JsValue::from_str(name), &options, &callback)
-            .ok()?;
-        // The request's promise fails when the lock is stolen.
-        let (tx, lost) = oneshot::channel::<()>();
-        let on_lost = Closure::once_into_js(move |_error: JsValue| {
-            let _ = tx.send(());
-        });
-        let catch: Function = Reflect::get(&done, &JsValue::from_str("catch"))
-            .ok()?
-            .dyn_into()
-            .ok()?;
-        catch.call1(&done, &on_lost).ok()?;
-        Some(Turn { granted, lost })
-    }
-
-    /// A held lock: released when dropped (the tab stops following; a tab
-    /// that closes releases it anyway).
-    pub struct Release(Function);
-
-    impl Drop for Release {
-        fn drop(&mut self) {
-            let _ = self.0.call0(&JsValue::UNDEFINED);
-        }
     }
 }

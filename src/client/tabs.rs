@@ -1,11 +1,13 @@
-//! Talking to the other tabs of this browser (same origin): a
-//! `BroadcastChannel` of typed messages, which tabs use to share one
-//! connection instead of holding one each (see [`super::events`] and the
-//! chat's HTTP fallback in [`super::chat`]).
+//! Talking to the other tabs of this browser (same origin), so that they
+//! share one connection instead of holding one each (see [`super::events`]
+//! and the chat's HTTP fallback in [`super::chat`]): a `BroadcastChannel` of
+//! typed messages, and Web Locks to decide which tab holds a connection.
 
 use std::marker::PhantomData;
 
-use futures::channel::mpsc;
+use futures::channel::{mpsc, oneshot};
+use js_sys::{Function, Promise, Reflect};
+use leptos::prelude::window;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wasm_bindgen::closure::Closure;
@@ -67,4 +69,88 @@ impl<T> Drop for Channel<T> {
 pub fn tab_id() -> String {
     let part = || (js_sys::Math::random() * f64::from(u32::MAX)) as u32;
     format!("{:08x}{:08x}", part(), part())
+}
+
+/// The browser's LockManager, if it has one.
+pub fn locks() -> Option<JsValue> {
+    let navigator = window().navigator();
+    let locks = Reflect::get(&navigator, &JsValue::from_str("locks")).ok()?;
+    (!locks.is_undefined() && !locks.is_null()).then_some(locks)
+}
+
+/// How to ask for a lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// Wait in line for it.
+    Wait,
+    /// Take it from its holder at once.
+    Steal,
+    /// Take it only if nobody holds it (or waits for it) now.
+    IfFree,
+}
+
+/// One request for a lock.
+pub struct Turn {
+    /// Resolves (with the lock's release) once this tab holds it; cancelled
+    /// if it was asked [`Ask::IfFree`] and was not free.
+    pub granted: oneshot::Receiver<Release>,
+    /// Resolves if the lock is taken from this tab.
+    pub lost: oneshot::Receiver<()>,
+}
+
+/// Asks for the lock `name`; `None` where the browser has no Web Locks.
+pub fn request_lock(name: &str, ask: Ask) -> Option<Turn> {
+    let locks = locks()?;
+    let request: Function = Reflect::get(&locks, &JsValue::from_str("request"))
+        .ok()?
+        .dyn_into()
+        .ok()?;
+    let (tx, granted) = oneshot::channel::<Release>();
+    let callback = Closure::once_into_js(move |lock: JsValue| -> Promise {
+        if lock.is_null() {
+            // Not free (`ifAvailable`): dropping `tx` says so.
+            return Promise::resolve(&JsValue::UNDEFINED);
+        }
+        let mut tx = Some(tx);
+        Promise::new(&mut |resolve, _reject| {
+            // If nobody waits any more (the page moved on), the Release
+            // comes back and is dropped at once: the lock goes.
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(Release(resolve));
+            }
+        })
+    });
+    let options = js_sys::Object::new();
+    let option = match ask {
+        Ask::Wait => None,
+        Ask::Steal => Some("steal"),
+        Ask::IfFree => Some("ifAvailable"),
+    };
+    if let Some(option) = option {
+        Reflect::set(&options, &JsValue::from_str(option), &JsValue::TRUE).ok()?;
+    }
+    let done = request
+        .call3(&locks, &JsValue::from_str(name), &options, &callback)
+        .ok()?;
+    // The request's promise fails when the lock is stolen.
+    let (tx, lost) = oneshot::channel::<()>();
+    let on_lost = Closure::once_into_js(move |_error: JsValue| {
+        let _ = tx.send(());
+    });
+    let catch: Function = Reflect::get(&done, &JsValue::from_str("catch"))
+        .ok()?
+        .dyn_into()
+        .ok()?;
+    catch.call1(&done, &on_lost).ok()?;
+    Some(Turn { granted, lost })
+}
+
+/// A held lock: released when dropped (a tab that closes releases it
+/// anyway).
+pub struct Release(Function);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = self.0.call0(&JsValue::UNDEFINED);
+    }
 }
