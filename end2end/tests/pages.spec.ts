@@ -41,6 +41,17 @@ async function navOnOneLine(page: Page) {
   expect(new Set(tops).size, `link tops ${tops}`).toBe(1);
 }
 
+/** Opens `path` (signed in) and finds the page whole and its composer on screen, unscrolled. */
+async function composerOnScreen(page: Page, path: string) {
+  await page.goto(server.url + path);
+  await expect(page.getByTestId('chat-status')).toHaveText('Live');
+  expect(await page.evaluate(() => window.scrollY)).toBe(0);
+  await noHorizontalOverflow(page);
+  await navOnOneLine(page);
+  await expect(input(page)).toBeInViewport({ ratio: 1 });
+  await expect(send(page)).toBeInViewport({ ratio: 1 });
+}
+
 for (const size of SIZES) {
   test(`every page at ${size.width}×${size.height}: no overflow, one-line navigation, composer and Go on screen`, async ({ browser }) => {
     const context = await browser.newContext({ viewport: size });
@@ -55,25 +66,13 @@ for (const size of SIZES) {
     // Chat: the message box and its button are on screen as the page opens,
     // without scrolling (the message list scrolls, not the page).
     await signIn(page, server.url + '/chat', 'Ada');
-    await page.goto(server.url + '/chat');
-    await expect(page.getByTestId('chat-status')).toHaveText('Live');
-    expect(await page.evaluate(() => window.scrollY)).toBe(0);
-    await noHorizontalOverflow(page);
-    await navOnOneLine(page);
-    await expect(input(page)).toBeInViewport({ ratio: 1 });
-    await expect(send(page)).toBeInViewport({ ratio: 1 });
+    await composerOnScreen(page, '/chat');
     await input(page).fill('hello');
     await send(page).click();
     await expect(page.locator('[data-testid=messages] li.msg .msg-text')).toHaveText(['hello']);
 
     // Rooms: the same, and "Go" is clickable (a click, not Enter).
-    await page.goto(server.url + '/rooms');
-    await expect(page.getByTestId('chat-status')).toHaveText('Live');
-    expect(await page.evaluate(() => window.scrollY)).toBe(0);
-    await noHorizontalOverflow(page);
-    await navOnOneLine(page);
-    await expect(input(page)).toBeInViewport({ ratio: 1 });
-    await expect(send(page)).toBeInViewport({ ratio: 1 });
+    await composerOnScreen(page, '/rooms');
     await page.getByTestId('new-room').fill('side-project');
     await page.getByRole('button', { name: 'Go' }).click();
     await expect(page.getByTestId('current-room')).toHaveText('#side-project');

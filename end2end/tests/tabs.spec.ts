@@ -1,5 +1,5 @@
 import { test, expect } from './fixtures';
-import { Page } from '@playwright/test';
+import { Browser, BrowserContext, Page } from '@playwright/test';
 import { PulseServer } from './server';
 import { say, signIn, status, texts } from './chat';
 
@@ -36,25 +36,48 @@ async function recordIds(page: Page) {
 
 const seenIds = (page: Page) => page.evaluate(() => (window as unknown as { seenIds: number[] }).seenIds);
 
-test('ten tabs share one feed stream; closing the tab that holds it keeps the others live without a gap', async ({ browser, context }) => {
-  test.setTimeout(90_000);
+/** Opens `n` tabs of the Feed in `context`, one after the other once Live: the first holds the stream. */
+async function openFeeds(context: BrowserContext, n: number): Promise<Page[]> {
   const pages: Page[] = [];
-  for (let i = 0; i < 10; i++) {
+  for (let i = 0; i < n; i++) {
     const page = await context.newPage();
     await page.goto(server.url);
+    await expect(page.getByTestId('feed-status')).toHaveText('Live');
     pages.push(page);
   }
-  for (const page of pages) await expect(page.getByTestId('feed-status')).toHaveText('Live');
-  await expect.poll(() => server.metric('pulse_feed_subscribers')).toBe(1);
+  return pages;
+}
 
-  // A reference: a page of another browser context (its own locks), with a
-  // stream of its own. Ids are time-based, not consecutive, so what a tab
-  // sees is held against what this one sees.
+/**
+ * A Feed page of another browser context (its own locks), with a stream of
+ * its own, recording what it sees. Ids are time-based, not consecutive, so
+ * what a tab sees is held against what this one sees.
+ */
+async function referenceFeed(browser: Browser): Promise<{ page: Page; close: () => Promise<void> }> {
   const other = await browser.newContext();
-  const reference = await other.newPage();
-  await reference.goto(server.url);
-  await expect(reference.getByTestId('feed-status')).toHaveText('Live');
-  await recordIds(reference);
+  const page = await other.newPage();
+  await page.goto(server.url);
+  await expect(page.getByTestId('feed-status')).toHaveText('Live');
+  await recordIds(page);
+  return { page, close: () => other.close() };
+}
+
+/** `watcher` saw every event `reference` saw in the same span, once each, and no gap. */
+async function sawEveryEventOnce(watcher: Page, reference: Page) {
+  const ids = await seenIds(watcher);
+  const [first, last] = [Math.min(...ids), Math.max(...ids)];
+  await expect.poll(async () => Math.max(...(await seenIds(reference)))).toBeGreaterThanOrEqual(last);
+  const expected = (await seenIds(reference)).filter((id) => id >= first && id <= last);
+  expect(new Set(ids).size, 'no event twice').toBe(ids.length);
+  expect([...ids].sort((a, b) => a - b), 'no event missing').toEqual([...expected].sort((a, b) => a - b));
+  await expect(watcher.locator('[data-testid=events] li.event-gap')).toHaveCount(0);
+}
+
+test('ten tabs share one feed stream; closing the tab that holds it keeps the others live without a gap', async ({ browser, context }) => {
+  test.setTimeout(90_000);
+  const pages = await openFeeds(context, 10);
+  await expect.poll(() => server.metric('pulse_feed_subscribers')).toBe(1);
+  const reference = await referenceFeed(browser);
 
   // The first tab asked first, so it holds the stream. It goes.
   const watcher = pages[9];
@@ -67,33 +90,17 @@ test('ten tabs share one feed stream; closing the tab that holds it keeps the ot
   for (const page of pages.slice(1)) await expect(page.getByTestId('feed-status')).toHaveText('Live');
   const atClose = Math.max(...(await seenIds(watcher)));
   await expect.poll(async () => Math.max(...(await seenIds(watcher)))).toBeGreaterThan(atClose + 20);
-  const ids = await seenIds(watcher);
-  const [first, last] = [Math.min(...ids), Math.max(...ids)];
-  await expect.poll(async () => Math.max(...(await seenIds(reference)))).toBeGreaterThanOrEqual(last);
-  const expected = (await seenIds(reference)).filter((id) => id >= first && id <= last);
-  expect(new Set(ids).size, 'no event twice').toBe(ids.length);
-  expect([...ids].sort((a, b) => a - b), 'no event missing').toEqual([...expected].sort((a, b) => a - b));
-  await expect(watcher.locator('[data-testid=events] li.event-gap')).toHaveCount(0);
+  await sawEveryEventOnce(watcher, reference.page);
   // One stream for this browser's tabs, one for the reference's.
   await expect.poll(() => server.metric('pulse_feed_subscribers')).toBe(2);
-  await other.close();
+  await reference.close();
 });
 
 test('a tab that stops running while holding the stream loses it to another tab, and follows again when it wakes', async ({ browser, context }) => {
   test.setTimeout(60_000);
-  const pages: Page[] = [];
-  for (let i = 0; i < 3; i++) {
-    const page = await context.newPage();
-    await page.goto(server.url);
-    await expect(page.getByTestId('feed-status')).toHaveText('Live');
-    pages.push(page);
-  }
+  const pages = await openFeeds(context, 3);
   await expect.poll(() => server.metric('pulse_feed_subscribers')).toBe(1);
-  const other = await browser.newContext();
-  const reference = await other.newPage();
-  await reference.goto(server.url);
-  await expect(reference.getByTestId('feed-status')).toHaveText('Live');
-  await recordIds(reference);
+  const reference = await referenceFeed(browser);
   const watcher = pages[2];
   await recordIds(watcher);
   await expect.poll(async () => (await seenIds(watcher)).length).toBeGreaterThan(3);
@@ -123,16 +130,9 @@ test('a tab that stops running while holding the stream loses it to another tab,
   const woken = await newestRow(pages[0]);
   await expect.poll(() => newestRow(pages[0])).toBeGreaterThan(woken);
 
-  // The watcher saw every event once, and none is missing (held against a
-  // page of another browser, with a stream of its own).
-  const ids = await seenIds(watcher);
-  const [first, last] = [Math.min(...ids), Math.max(...ids)];
-  await expect.poll(async () => Math.max(...(await seenIds(reference)))).toBeGreaterThanOrEqual(last);
-  const expected = (await seenIds(reference)).filter((id) => id >= first && id <= last);
-  expect(new Set(ids).size, 'no event twice').toBe(ids.length);
-  expect([...ids].sort((a, b) => a - b), 'no event missing').toEqual([...expected].sort((a, b) => a - b));
-  await expect(watcher.locator('[data-testid=events] li.event-gap')).toHaveCount(0);
-  await other.close();
+  // The watcher saw every event once, and none is missing.
+  await sawEveryEventOnce(watcher, reference.page);
+  await reference.close();
 });
 
 const newestRow = async (page: Page) =>
