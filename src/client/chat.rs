@@ -640,22 +640,9 @@ mod browser {
                         }
                         _ => {}
                     },
-                    offline = link.wake.any().fuse() => {
-                        if offline {
-                            break End::Closed(1006);
-                        }
-                        probe.now();
-                    }
-                    msg = link.queue.next() => {
-                        let Some(msg) = msg else { break End::Closed(1000) };
-                        if !post(&conn, vec![msg]).await {
-                            // The connection is gone (or the server is): start over.
-                            break End::Closed(1006);
-                        }
-                    }
-                    ws = probe.opened() => {
-                        if let Some(ws) = ws {
-                            break End::Upgrade(ws);
+                    happened = around(link, &mut probe).fuse() => {
+                        if let Some(end) = act(happened, &conn, &mut probe).await {
+                            break end;
                         }
                     }
                     _ = tick.next() => {
@@ -732,21 +719,9 @@ mod browser {
                         Err(true) => return End::Refused,
                         Err(false) => return End::Closed(1006),
                     },
-                    offline = link.wake.any().fuse() => {
-                        if offline {
-                            return End::Closed(1006);
-                        }
-                        probe.now();
-                    }
-                    msg = link.queue.next() => {
-                        let Some(msg) = msg else { return End::Closed(1000) };
-                        if !post(&conn, vec![msg]).await {
-                            return End::Closed(1006);
-                        }
-                    }
-                    ws = probe.opened() => {
-                        if let Some(ws) = ws {
-                            return End::Upgrade(ws);
+                    happened = around(link, &mut probe).fuse() => {
+                        if let Some(end) = act(happened, &conn, &mut probe).await {
+                            return end;
                         }
                     }
                     _ = tick.next() => {
@@ -767,6 +742,51 @@ mod browser {
                         probe.when_due(t);
                     }
                 }
+            }
+        }
+
+        /// What happened around a fallback connection, whether it holds the
+        /// stream or follows it.
+        enum Around {
+            /// The browser went offline.
+            Offline,
+            /// Another sign that the network changed.
+            Changed,
+            /// A frame to post.
+            Send(ClientMessage),
+            /// The page closed the connection.
+            Done,
+            /// The WebSocket tried: open, or not.
+            Probed(Option<WebSocket>),
+        }
+
+        /// Waits for what a connection waits on besides its frames. Only
+        /// waits (dropping it loses nothing): what happened is acted on by
+        /// [`act`].
+        async fn around(link: &mut Link<'_>, probe: &mut Probe) -> Around {
+            futures::select! {
+                offline = link.wake.any().fuse() => {
+                    if offline { Around::Offline } else { Around::Changed }
+                }
+                msg = link.queue.next() => msg.map_or(Around::Done, Around::Send),
+                ws = probe.opened() => Around::Probed(ws),
+            }
+        }
+
+        /// Acts on what happened: offline ends the connection, another sign
+        /// tries a WebSocket, a frame is posted (the connection ends if the
+        /// server does not take it), an open WebSocket replaces the
+        /// connection. `Some` when the connection ends.
+        async fn act(happened: Around, conn: &str, probe: &mut Probe) -> Option<End> {
+            match happened {
+                Around::Offline => Some(End::Closed(1006)),
+                Around::Changed => {
+                    probe.now();
+                    None
+                }
+                Around::Send(msg) => (!post(conn, vec![msg]).await).then_some(End::Closed(1006)),
+                Around::Done => Some(End::Closed(1000)),
+                Around::Probed(ws) => ws.map(End::Upgrade),
             }
         }
 
