@@ -367,3 +367,36 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
     })
     .await;
 }
+
+/// What the server answers to a POST of `path` that announces a megabyte of
+/// body and sends only its first 70 KiB; `None` if it waits for the rest.
+async fn answer_to_a_huge_post(server: &Server, path: &str) -> Option<String> {
+    let addr = server.url.trim_start_matches("http://");
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        token("Mallory"),
+        1024 * 1024
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&vec![b' '; 70 * 1024]).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&answer[..n]).into_owned())
+}
+
+#[tokio::test]
+async fn an_oversized_post_is_refused_from_its_head_without_reading_the_body() {
+    let server = ws::start(&[]).await;
+    // The fallback's posts (64 KiB at most) and notifications (16 KiB):
+    // answered 413 from the announced length, before any of it is buffered.
+    for path in ["/api/chat/send", "/api/notifications"] {
+        let answer = answer_to_a_huge_post(&server, path).await;
+        let answer = answer.unwrap_or_else(|| panic!("{path}: no answer before the body"));
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+    }
+}
