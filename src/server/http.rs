@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{FromRef, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{shell, App};
 use crate::protocol::{
-    CHAT_SEND_PATH, CHAT_STREAM_PATH, FEED_PATH, NOTIFICATIONS_PATH, STATS_PATH, WS_PATH,
+    CHAT_SEND_PATH, CHAT_STREAM_PATH, FEED_PATH, MAX_FRAME_BYTES, NOTIFICATIONS_PATH, STATS_PATH,
+    WS_PATH,
 };
 use crate::server::bus::{Bus, BusStatus};
 use crate::server::chat::{self, Chat};
@@ -94,8 +95,16 @@ pub fn router(state: AppState) -> Router {
         .route(FEED_PATH, get(feed::events))
         .route(WS_PATH, get(chat::upgrade))
         .route(CHAT_STREAM_PATH, get(chat::fallback::stream))
-        .route(CHAT_SEND_PATH, post(chat::fallback::send))
-        .route(NOTIFICATIONS_PATH, post(notify::post))
+        // Bodies are bounded before they are read: an oversized one is
+        // refused from its announced length (413), never buffered.
+        .route(
+            CHAT_SEND_PATH,
+            post(chat::fallback::send).layer(DefaultBodyLimit::max(chat::fallback::MAX_POST_BYTES)),
+        )
+        .route(
+            NOTIFICATIONS_PATH,
+            post(notify::post).layer(DefaultBodyLimit::max(MAX_FRAME_BYTES)),
+        )
         .route(STATS_PATH, get(stats::stream))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))

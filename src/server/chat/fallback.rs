@@ -58,8 +58,9 @@ use crate::server::sessions::SessionHold;
 /// is refused with 429 (the client is sending faster than it is served).
 const INBOX: usize = 64;
 
-/// Largest body of one post: the most frames, each at most a socket's.
-const MAX_POST_BYTES: usize = 64 * 1024;
+/// Largest body of one post: the most frames, each at most a socket's
+/// (the route refuses a larger one before reading it).
+pub const MAX_POST_BYTES: usize = 64 * 1024;
 
 /// Where posted frames go for one connection held here.
 pub(super) struct Inbox {
@@ -440,13 +441,6 @@ fn frames(
 pub async fn send(State(chat): State<Arc<Chat>>, headers: HeaderMap, body: Bytes) -> Response {
     if !chat.http {
         return turned_off("HTTP fallback posts");
-    }
-    if body.len() > MAX_POST_BYTES {
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "at most 64 KiB of frames per post",
-        )
-            .into_response();
     }
     let verified = match bearer_token(&headers).or_else(|| cookie_token(&headers)) {
         Some(token) => chat.sessions.verify(&token).await,
