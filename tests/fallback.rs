@@ -285,6 +285,12 @@ impl Fallback {
         .await
     }
 
+    /// Posts a message in `room` for the attached connection `conn`.
+    async fn say_as(&self, server: &Server, conn: &str, room: &str, text: &str) -> u16 {
+        let frames = json!([{"type": "message", "room": room, "text": text}]);
+        self.post_as(server, conn, frames).await
+    }
+
     /// The next frame of type `ty` for `tab` down the stream (skipping the
     /// carrier's own and other tabs').
     async fn recv_tab(&mut self, tab: &str, ty: &str) -> Value {
@@ -320,30 +326,14 @@ async fn tabs_share_one_stream_each_with_a_connection_of_its_own() {
     );
     let joined = fay.recv_tab("tab-1", "joined").await;
     assert_eq!(ws::names(&joined["members"]), ["Fay", "Wes"]);
-    assert_eq!(
-        fay.post_as(
-            &server,
-            &one,
-            json!([{"type": "message", "room": "tech", "text": "from a tab"}])
-        )
-        .await,
-        202
-    );
+    assert_eq!(fay.say_as(&server, &one, "tech", "from a tab").await, 202);
     assert_eq!(fay.recv_tab("tab-1", "message").await["text"], "from a tab");
     assert_eq!(wes.recv_type("message").await["text"], "from a tab");
     wes.say("tech", "to the tab").await;
     assert_eq!(fay.recv_tab("tab-1", "message").await["text"], "to the tab");
 
     // The second tab is not in #tech: sending there is refused, to it alone.
-    assert_eq!(
-        fay.post_as(
-            &server,
-            &two,
-            json!([{"type": "message", "room": "tech", "text": "x"}])
-        )
-        .await,
-        202
-    );
+    assert_eq!(fay.say_as(&server, &two, "tech", "x").await, 202);
     assert_eq!(fay.recv_tab("tab_2", "error").await["code"], "not_in_room");
 
     // Another user cannot post to them; a bad tab id is refused; a socket

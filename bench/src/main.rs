@@ -169,6 +169,28 @@ async fn join(ws: &mut Ws, room: &str) -> Res<()> {
 /// parsing by hand into one reused buffer, with no allocation or UTF-8 check
 /// per frame. With 1000 tungstenite clients the generator's own core was the
 /// limit (97 % CPU at 100 msg/s), which showed up as server latency.
+/// Sends `req` on a new connection to `addr` and reads the answer's head,
+/// which must start with `status`; returns the connection and the bytes read
+/// after the head.
+async fn request(addr: &str, req: &str, status: &[u8]) -> Res<(TcpStream, Vec<u8>)> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    tcp.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(8192);
+    loop {
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Err("closed before the answer's head".into());
+        }
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            if !buf.starts_with(status) {
+                return Err(String::from_utf8_lossy(&buf[..end]).into_owned().into());
+            }
+            buf.drain(..end + 4);
+            return Ok((tcp, buf));
+        }
+    }
+}
+
 struct RawWs {
     tcp: TcpStream,
     /// Bytes read and not yet parsed.
@@ -219,27 +241,13 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 impl RawWs {
     async fn connect(addr: &str, token: &str) -> Res<RawWs> {
-        let mut tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
         let req = format!(
             "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
              Authorization: Bearer {token}\r\n\r\n"
         );
-        tcp.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::with_capacity(8192);
-        loop {
-            if tcp.read_buf(&mut buf).await? == 0 {
-                return Err("closed during the handshake".into());
-            }
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                if !buf.starts_with(b"HTTP/1.1 101") {
-                    return Err(String::from_utf8_lossy(&buf[..end]).into_owned().into());
-                }
-                buf.drain(..end + 4);
-                return Ok(RawWs { tcp, buf });
-            }
-        }
+        let (tcp, buf) = request(addr, &req, b"HTTP/1.1 101").await?;
+        Ok(RawWs { tcp, buf })
     }
 
     async fn send_text(&mut self, text: &str) -> Res<()> {
@@ -330,26 +338,11 @@ struct RawSse {
 
 impl RawSse {
     async fn connect(addr: &str, token: &str) -> Res<RawSse> {
-        let mut tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
         let req = format!(
             "GET /api/chat/stream HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\
              Authorization: Bearer {token}\r\n\r\n"
         );
-        tcp.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::with_capacity(8192);
-        loop {
-            if tcp.read_buf(&mut buf).await? == 0 {
-                return Err("closed before the stream's head".into());
-            }
-            if let Some(end) = find(&buf, b"\r\n\r\n") {
-                if !buf.starts_with(b"HTTP/1.1 200") {
-                    return Err(String::from_utf8_lossy(&buf[..end]).into_owned().into());
-                }
-                buf.drain(..end + 4);
-                break;
-            }
-        }
+        let (tcp, buf) = request(addr, &req, b"HTTP/1.1 200").await?;
         let mut sse = RawSse {
             tcp,
             buf,
