@@ -20,9 +20,9 @@ BENCH   := bench/target/release/pulse-bench
 run: tools $(BIN)
 	$(BIN)
 
-## dev: live-reloading development server (cargo leptos watch)
+## dev: live-reloading development server (cargo leptos watch --split)
 dev: tools
-	cargo leptos watch
+	cargo leptos watch --split
 
 ## release: the single self-contained binary, target/release/pulse
 release: tools $(BIN)
@@ -63,7 +63,7 @@ test-tools:
 # The server embeds the site, so the front end is built first (cargo-leptos
 # would build both halves in parallel), then precompressed, then the server.
 $(FRONT): $(SOURCES)
-	cargo leptos build --release --frontend-only
+	cargo leptos build --release --frontend-only --split
 	scripts/precompress.sh $(SITE)
 	@touch $@
 

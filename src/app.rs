@@ -1,14 +1,12 @@
 //! The HTML shell, the app shell (header and navigation) and the routes.
 
 use leptos::prelude::*;
-use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
+use leptos_meta::{provide_meta_context, MetaTags, Title};
 use leptos_router::components::{Route, Router, Routes, A};
-use leptos_router::{path, SsrMode};
+use leptos_router::{path, Lazy, SsrMode};
 
-use crate::pages::chat::ChatPage;
-use crate::pages::dashboard::DashboardPage;
 use crate::pages::feed::FeedPage;
-use crate::pages::rooms::RoomsPage;
+use crate::pages::split::{ChatRoute, DashboardRoute, RoomsRoute};
 
 /// The HTML document around the app, rendered on the server.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -22,6 +20,9 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
                 <meta name="description" content="pulse: real-time feed, chat and rooms"/>
                 <link rel="icon" href="/favicon.svg" type="image/svg+xml"/>
+                // In the shell, not the app: it never changes, so nothing in
+                // the browser needs to hydrate it.
+                <link id="leptos" rel="stylesheet" href="/pkg/pulse.css"/>
                 <AutoReload options=options.clone()/>
                 <HydrationScripts options/>
                 <MetaTags/>
@@ -38,7 +39,6 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 pub fn App() -> impl IntoView {
     provide_meta_context();
     view! {
-        <Stylesheet id="leptos" href="/pkg/pulse.css"/>
         // Each page names itself; the site's name follows.
         <Title formatter=|page: String| format!("{page} · pulse")/>
         <Router>
@@ -57,10 +57,11 @@ pub fn App() -> impl IntoView {
                     // the feed is complete without JavaScript (streamed Suspense
                     // content would need the script to be swapped in).
                     <Route path=path!("/") view=FeedPage ssr=SsrMode::Async/>
-                    <Route path=path!("/chat") view=ChatPage/>
-                    <Route path=path!("/rooms") view=RoomsPage/>
-                    <Route path=path!("/rooms/:room") view=RoomsPage/>
-                    <Route path=path!("/dashboard") view=DashboardPage/>
+                    // The other pages' code is downloaded when first needed.
+                    <Route path=path!("/chat") view={Lazy::<ChatRoute>::new()}/>
+                    <Route path=path!("/rooms") view={Lazy::<RoomsRoute>::new()}/>
+                    <Route path=path!("/rooms/:room") view={Lazy::<RoomsRoute>::new()}/>
+                    <Route path=path!("/dashboard") view={Lazy::<DashboardRoute>::new()}/>
                 </Routes>
             </main>
         </Router>

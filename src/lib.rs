@@ -59,7 +59,9 @@ pub mod server;
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    leptos::mount::hydrate_body(app::App);
+    // Lazy: a page whose code is in a chunk of its own (pages::split) is
+    // hydrated once that chunk is in.
+    leptos::mount::hydrate_lazy(app::App);
     // A User Timing mark, so real-user monitoring (and `make bench`) can
     // tell when the page became interactive.
     if let Some(performance) = web_sys::window().and_then(|w| w.performance()) {

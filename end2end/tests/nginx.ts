@@ -56,7 +56,9 @@ pid ${dir}/nginx.pid;
 error_log stderr crit;
 events { worker_connections 1024; }
 http {
-  access_log off;
+  # Which instance served each request, for tests that check the spread.
+  log_format upstreams '$request_method $uri $upstream_addr';
+  access_log ${dir}/access.log upstreams;
   client_body_temp_path ${dir}/body;
   proxy_temp_path ${dir}/proxy;
   fastcgi_temp_path ${dir}/fastcgi;
@@ -72,6 +74,17 @@ ${documentedConfig(upstreams, `127.0.0.1:${port}`, options.stripUpgrade ?? false
     }
     if (!(await listening(port))) throw new Error('nginx did not start');
     return new Nginx(proc, dir, port);
+  }
+
+  /** The instances (`host:port`) that served requests for `uri`, as logged so far. */
+  servedBy(uri: string): Set<string> {
+    const lines = readFileSync(path.join(this.dir, 'access.log'), 'utf8').split('\n');
+    return new Set(
+      lines
+        .map((line) => line.split(' '))
+        .filter(([, u, upstream]) => u === uri && upstream && upstream !== '-')
+        .map(([, , upstream]) => upstream),
+    );
   }
 
   async stop(): Promise<void> {

@@ -356,7 +356,6 @@ fn Connected(state: ChatState, body: fn(ChatState, Connection) -> AnyView) -> im
 #[component]
 fn SignIn(state: ChatState, suggested: String) -> impl IntoView {
     let action = ServerAction::<SignInFn>::new();
-    let name = RwSignal::new(suggested);
     Effect::new(move |_| {
         if let Some(Ok(session)) = action.value().get() {
             state.error.set(None);
@@ -379,8 +378,10 @@ fn SignIn(state: ChatState, suggested: String) -> impl IntoView {
                     required
                     maxlength=MAX_NAME_CHARS
                     autocomplete="nickname"
-                    prop:value=move || name.get()
-                    on:input=move |ev| name.set(event_target_value(&ev))
+                    // An attribute, not a property: hydration leaves the field
+                    // as it is, so a name typed before the page's code was
+                    // in is kept (ActionForm reads the field itself).
+                    value=suggested
                 />
                 <button type="submit" disabled=move || action.pending().get()>"Sign in"</button>
             </div>

@@ -4,3 +4,4 @@ pub mod chat;
 pub mod dashboard;
 pub mod feed;
 pub mod rooms;
+pub mod split;
