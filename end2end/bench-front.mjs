@@ -8,8 +8,12 @@
 //   - firstUpdate: hydration → the first pushed update row on screen;
 //   - latency: publish → on screen for that row (its id is the publish time
 //     in ms × 1000), i.e. the delivery itself, without the wait for the tick.
-// Usage: node end2end/bench-front.mjs URL [RUNS]
+// and what the browser downloads of the app (the files under /pkg/, counted
+// at their precompressed brotli size in target/site/pkg, as the server sends
+// them): for `/`, then what a navigation to each other page adds.
+// Usage: node end2end/bench-front.mjs URL [RUNS]   (from the repository root)
 import { chromium } from '@playwright/test';
+import { statSync } from 'node:fs';
 
 const url = process.argv[2];
 const runs = Number(process.argv[3] ?? 7);
@@ -53,6 +57,7 @@ const browser = await chromium.launch({
     '--disable-component-update', '--no-first-run'],
 });
 const samples = [];
+const transfer = {};
 try {
   for (let i = 0; i < runs; i++) {
     // A fresh context each time: nothing cached, like a first visit.
@@ -77,6 +82,26 @@ try {
     }));
     await context.close();
   }
+
+  // Downloads: `/`, then each page in turn by its link (as a visitor would).
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const requested = [];
+  page.on('request', (r) => {
+    const m = /\/pkg\/([^?]+)/.exec(r.url());
+    if (m) requested.push(m[1]);
+  });
+  const brotli = (files) => files.reduce((sum, f) => sum + statSync(`target/site/pkg/${f}.br`).size, 0) / 1000;
+  await page.goto(url);
+  await page.waitForFunction(() => performance.getEntriesByName('pulse:hydrated').length > 0);
+  transfer.first = brotli(requested.splice(0));
+  for (const name of ['Chat', 'Rooms', 'Dashboard']) {
+    await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name }).click();
+    await page.getByRole('heading', { level: 1, name }).waitFor();
+    await page.waitForLoadState('networkidle');
+    transfer[name.toLowerCase()] = brotli(requested.splice(0));
+  }
+  await context.close();
 } finally {
   await browser.close();
 }
@@ -93,4 +118,8 @@ console.log(JSON.stringify({
   live: median('live'),
   firstUpdate: median('firstUpdate'),
   latency: median('latency'),
+  transferFirst: transfer.first,
+  transferChat: transfer.chat,
+  transferRooms: transfer.rooms,
+  transferDashboard: transfer.dashboard,
 }));

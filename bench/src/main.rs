@@ -876,6 +876,20 @@ async fn front(bin: &str) -> Res<()> {
         field("firstUpdate"),
         field("latency"),
     );
+    let first = field("transferFirst");
+    let pages = [
+        field("transferChat"),
+        field("transferRooms"),
+        field("transferDashboard"),
+    ];
+    println!(
+        "front downloads (WASM + JS + CSS, brotli): / {first:.1} KB; the first visit of Chat \
+         adds {:.1} KB, then Rooms {:.1} KB, then Dashboard {:.1} KB; {:.1} KB in all",
+        pages[0],
+        pages[1],
+        pages[2],
+        first + pages.iter().sum::<f64>(),
+    );
     Ok(())
 }
 
