@@ -252,3 +252,45 @@ fn the_readmes_architecture_map_matches_the_tree() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_lazy_page_asks_for_its_chunks_beside_the_main_module() {
+    let server = Server::start(&[]).await;
+    let manifest = reqwest::get(format!("{}/pkg/__wasm_split_manifest.json", server.url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    for (path, split) in [
+        ("/chat", "pulse_chat"),
+        ("/rooms/tech", "pulse_rooms"),
+        ("/dashboard", "pulse_dashboard"),
+    ] {
+        let html = reqwest::get(format!("{}{path}", server.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let chunks = manifest[split].as_array().expect("the page's chunks");
+        assert!(!chunks.is_empty());
+        for chunk in chunks {
+            let href = format!("href=\"/pkg/{}.wasm\"", chunk.as_str().unwrap());
+            let link = html
+                .split("<link")
+                .find(|tag| tag.contains(&href))
+                .unwrap_or_else(|| panic!("{path} preloads {href}: {html}"));
+            assert!(link.contains("rel=\"preload\""), "{link}");
+        }
+    }
+    // The feed's own page preloads no other page's code.
+    let html = reqwest::get(&server.url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!html.contains("split_pulse"), "{html}");
+}

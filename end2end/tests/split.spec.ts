@@ -54,6 +54,14 @@ test('/ downloads only the Feed; a page’s code comes on the first visit, and e
   expect(requested).toContain('split_pulse_dashboard.wasm');
   expect(requested).not.toContain('split_pulse_chat.wasm');
 
+  // A first load straight onto a lazy page: its HTML asks for the page's
+  // chunk beside the main module, and the loader uses that one download.
+  requested.length = 0;
+  await page.goto(server.url + '/dashboard');
+  await expect(page.locator('link[rel=preload][href="/pkg/split_pulse_dashboard.wasm"]')).toHaveCount(1);
+  await expect(page.getByTestId('dashboard-status')).toHaveText('Live');
+  expect(requested.filter((n) => n === 'split_pulse_dashboard.wasm')).toHaveLength(1);
+
   // A reload of each lazy page hydrates it: its status goes Live (a
   // hydration mismatch would panic instead).
   await signIn(page, server.url + '/chat', 'Ada');
@@ -106,4 +114,27 @@ test('a page whose code cannot be downloaded says so and offers a retry that wor
   // cargo-leptos's loader (it awaits a chunk's dependencies before its own
   // fetch); anything else (a panic) is a failure.
   expect(errors.filter((e) => e !== 'Failed to fetch')).toEqual([]);
+});
+
+test('clicking through the pages faster than their chunks arrive ends on the last page clicked, working', async ({ page }) => {
+  const errors = noPageErrors(page);
+  await page.goto(server.url);
+  await expect(page.getByTestId('feed-status')).toHaveText('Live');
+  // A slow network: every chunk takes 400 ms longer to arrive.
+  await page.route('**/pkg/*.wasm', async (route) => {
+    if (route.request().url().endsWith('/pulse.wasm')) return route.continue();
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    await route.continue();
+  });
+  const nav = page.getByRole('navigation', { name: 'Main' });
+  for (const name of ['Chat', 'Rooms', 'Dashboard', 'Chat', 'Dashboard']) {
+    await nav.getByRole('link', { name }).click();
+  }
+  await expect(page).toHaveURL(/\/dashboard$/);
+  await expect(page.getByTestId('dashboard-status')).toHaveText('Live');
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText(['Dashboard']);
+  // And back to a page whose chunk came while another was shown.
+  await nav.getByRole('link', { name: 'Rooms' }).click();
+  await expect(page.getByRole('heading', { level: 1 })).toHaveText(['Rooms']);
+  expect(errors).toEqual([]);
 });

@@ -28,14 +28,14 @@ macro_rules! split_page {
         pub struct $route;
 
         #[cfg_attr(
-                    feature = "hydrate",
-                    leptos::wasm_split::wasm_split(
-                        $split,
-                        wasm_split_path = ::leptos::wasm_split,
-                        preload($preload),
-                        fallible
-                    )
-                )]
+                                    feature = "hydrate",
+                                    leptos::wasm_split::wasm_split(
+                                        $split,
+                                        wasm_split_path = ::leptos::wasm_split,
+                                        preload($preload),
+                                        fallible
+                                    )
+                                )]
         fn $split() -> Result<AnyView, Unloaded> {
             Ok(view! { <$page/> }.into_any())
         }
@@ -51,9 +51,13 @@ macro_rules! split_page {
             }
 
             async fn view(_: Self) -> AnyView {
-                // On the server nothing is downloaded: it cannot fail.
+                // On the server nothing is downloaded: it cannot fail. The
+                // page's HTML asks the browser to fetch its chunks early.
                 #[cfg(not(feature = "hydrate"))]
-                let page = $split();
+                let page = {
+                    leptos::prefetch_lazy_fn_on_server(stringify!($split));
+                    $split()
+                };
                 #[cfg(feature = "hydrate")]
                 let page = $split().await;
                 page.unwrap_or_else(|Unloaded| view! { <Unavailable/> }.into_any())

@@ -7,8 +7,14 @@
 //! `make release` writes a `.br` and a `.gz` next to each text or WASM file
 //! before the server is compiled; they are served to clients that accept them.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use leptos::config::LeptosOptions;
+use leptos::prelude::ArcStoredValue;
+use leptos::WasmSplitManifest;
 use rust_embed::RustEmbed;
 
 /// Every file under `target/site`, as built by cargo-leptos.
@@ -72,6 +78,34 @@ pub fn response(path: &str, headers: &HeaderMap) -> Option<Response> {
     // must revalidate, which the ETag makes a cheap 304.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Some(res)
+}
+
+/// Which WASM chunks each lazy page needs, from cargo-leptos's
+/// `__wasm_split_manifest.json`, in the form Leptos reads from context: a
+/// page rendered on the server then tells the browser to fetch its chunks
+/// (`<link rel="preload">`) beside the main module, instead of after it.
+/// Leptos would read the file from the site directory on disk, which this
+/// self-contained binary does not have; `None` for a build without `--split`.
+pub fn split_manifest(options: &LeptosOptions) -> Option<WasmSplitManifest> {
+    static MANIFEST: OnceLock<Option<WasmSplitManifest>> = OnceLock::new();
+    MANIFEST
+        .get_or_init(|| {
+            let pkg = &options.site_pkg_dir;
+            let file = Site::get(&format!("{pkg}/__wasm_split_manifest.json"))?;
+            let chunks: HashMap<String, Vec<String>> = serde_json::from_slice(&file.data).ok()?;
+            // The loader's name carries a hash when cargo-leptos hashes files.
+            let loader = Site::iter().find_map(|name| {
+                let file = name.strip_prefix(&format!("{pkg}/"))?;
+                (file.starts_with("__wasm_split.") && file.ends_with(".js"))
+                    .then(|| file.to_string())
+            })?;
+            Some(WasmSplitManifest(ArcStoredValue::new((
+                format!("/{pkg}"),
+                chunks,
+                loader,
+            ))))
+        })
+        .clone()
 }
 
 /// Whether an `Accept-Encoding` value accepts `coding` (absent, or q > 0).

@@ -116,15 +116,20 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// What server functions and server-side rendering reach through Leptos
-/// context: the feed, sessions and notifications.
+/// context: the feed, sessions and notifications, and which chunks each lazy
+/// page needs.
 fn server_context(state: &AppState) -> impl Fn() + Clone + Send + Sync + 'static {
     let feed = state.feed.clone();
     let sessions = state.sessions.clone();
     let notifier = state.notifier.clone();
+    let split_manifest = assets::split_manifest(&state.leptos_options);
     move || {
         provide_context(feed.clone());
         provide_context(sessions.clone());
         provide_context(notifier.clone());
+        if let Some(manifest) = &split_manifest {
+            provide_context(manifest.clone());
+        }
     }
 }
 
