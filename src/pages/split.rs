@@ -22,20 +22,23 @@ use crate::pages::rooms::RoomsPage;
 
 /// A route whose view is `$page`, split into the chunk `$split`, which
 /// `$preload` downloads without showing the page.
+// rustfmt re-indents the attribute below further on every run (it is not
+// idempotent inside macro_rules), so this macro is laid out by hand.
+#[rustfmt::skip]
 macro_rules! split_page {
     ($route:ident, $split:ident, $preload:ident, $page:ident) => {
         #[doc = concat!("The route of [`", stringify!($page), "`], its code downloaded on demand.")]
         pub struct $route;
 
         #[cfg_attr(
-                                    feature = "hydrate",
-                                    leptos::wasm_split::wasm_split(
-                                        $split,
-                                        wasm_split_path = ::leptos::wasm_split,
-                                        preload($preload),
-                                        fallible
-                                    )
-                                )]
+            feature = "hydrate",
+            leptos::wasm_split::wasm_split(
+                $split,
+                wasm_split_path = ::leptos::wasm_split,
+                preload($preload),
+                fallible
+            )
+        )]
         fn $split() -> Result<AnyView, Unloaded> {
             Ok(view! { <$page/> }.into_any())
         }
