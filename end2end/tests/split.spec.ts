@@ -98,12 +98,19 @@ test('a page whose code cannot be downloaded says so and offers a retry that wor
   await expect(notice).toHaveCount(0);
 
   // On a first load of that page: the server's page stays on screen, with
-  // the message across the top; nothing panics. (Routing disables the HTTP
+  // the message along the bottom; nothing panics. (Routing disables the HTTP
   // cache, so the chunk is requested again.)
   await page.route(chunk('dashboard'), (route) => route.abort('internetdisconnected'));
   await page.goto(server.url + '/dashboard');
   await expect(notice).toBeVisible();
   await expect(notice).toBeInViewport();
+  // It hides neither the navigation nor the page's heading.
+  const below = async (selector: string) => {
+    const [n, t] = await Promise.all([notice.boundingBox(), page.locator(selector).first().boundingBox()]);
+    return n!.y >= t!.y + t!.height;
+  };
+  expect(await below('header.topbar')).toBe(true);
+  expect(await below('h1')).toBe(true);
   await expect(page.getByRole('heading', { name: 'Dashboard' })).toBeVisible();
   await expect(page.getByTestId('dashboard-status')).not.toHaveText('Live');
   await page.unroute(chunk('dashboard'));
