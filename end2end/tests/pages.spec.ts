@@ -176,3 +176,40 @@ test('the dashboard charts fill from the left, with a time axis and their values
   const lines = await broker.evaluate((el) => Math.round(el.getBoundingClientRect().height / parseFloat(getComputedStyle(el).lineHeight)));
   expect(lines).toBe(1);
 });
+
+test('a signed-in user publishes without JavaScript, and what was typed before hydration is kept', async ({ browser }) => {
+  // The form is a plain form: without script the browser posts it itself.
+  const context = await browser.newContext({ javaScriptEnabled: false });
+  const signIn = await context.request.post(server.url + '/api/sign_in', { form: { name: 'Noscript' } });
+  expect(signIn.ok()).toBe(true);
+  const page = await context.newPage();
+  await page.goto(server.url);
+  await page.getByTestId('publish-text').fill('posted by the browser itself');
+  const posted = page.waitForResponse((r) => r.url().endsWith('/api/publish_notification'));
+  await page.getByRole('button', { name: 'Publish' }).click();
+  // Taken, and the browser is sent back to the feed.
+  expect((await posted).status()).toBe(302);
+  await expect(page).toHaveURL(/^http:\/\/[^/]+\/\??$/);
+
+  const reader = await newPage(browser);
+  await reader.goto(server.url);
+  const note = reader.locator('[data-testid=notifications] li').first();
+  await expect(note.locator('.note-user')).toHaveText('Noscript');
+  await expect(note.locator('.note-text')).toHaveText('posted by the browser itself');
+  await context.close();
+
+  // With script, text typed while the page's code is still on the way
+  // survives hydration.
+  const typist = await (await browser.newContext()).newPage();
+  let release = () => {};
+  const held = new Promise<void>((resolve) => (release = resolve));
+  await typist.route('**/pkg/pulse.wasm', async (route) => {
+    await held;
+    await route.continue();
+  });
+  await typist.goto(server.url, { waitUntil: 'domcontentloaded' });
+  await typist.getByTestId('publish-text').fill('typed early');
+  release();
+  await expect(typist.getByTestId('feed-status')).toHaveText('Live');
+  await expect(typist.getByTestId('publish-text')).toHaveValue('typed early');
+});
