@@ -59,12 +59,20 @@ pub mod server;
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    // Lazy: a page whose code is in a chunk of its own (pages::split) is
-    // hydrated once that chunk is in.
-    leptos::mount::hydrate_lazy(app::App);
-    // A User Timing mark, so real-user monitoring (and `make bench`) can
-    // tell when the page became interactive.
-    if let Some(performance) = web_sys::window().and_then(|w| w.performance()) {
-        let _ = performance.mark("pulse:hydrated");
-    }
+    let Some(body) = leptos::prelude::document().body() else {
+        return;
+    };
+    // Asynchronous: a page whose code is in a chunk of its own (pages::split)
+    // is hydrated once that chunk is in (what `hydrate_lazy` does, awaited
+    // here so that the mark below comes after it).
+    js_sys::futures::spawn_local(async move {
+        leptos::mount::hydrate_from_async(body, app::App)
+            .await
+            .forget();
+        // A User Timing mark, so real-user monitoring (and `make bench`) can
+        // tell when the page became interactive.
+        if let Some(performance) = web_sys::window().and_then(|w| w.performance()) {
+            let _ = performance.mark("pulse:hydrated");
+        }
+    });
 }

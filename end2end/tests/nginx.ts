@@ -79,11 +79,13 @@ ${documentedConfig(upstreams, `127.0.0.1:${port}`, options.stripUpgrade ?? false
   /** The instances (`host:port`) that served requests for `uri`, as logged so far. */
   servedBy(uri: string): Set<string> {
     const lines = readFileSync(path.join(this.dir, 'access.log'), 'utf8').split('\n');
+    // `$upstream_addr` lists every instance tried, comma-separated.
     return new Set(
       lines
         .map((line) => line.split(' '))
-        .filter(([, u, upstream]) => u === uri && upstream && upstream !== '-')
-        .map(([, , upstream]) => upstream),
+        .filter(([, u]) => u === uri)
+        .flatMap(([, , ...tried]) => tried.join(' ').split(', '))
+        .filter((upstream) => upstream && upstream !== '-'),
     );
   }
 

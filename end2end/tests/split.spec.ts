@@ -31,7 +31,7 @@ function pkgRequests(page: Page): string[] {
   return names;
 }
 
-/** Fails the test on any uncaught error in `page` (a hydration panic is one). */
+/** The uncaught errors of `page` from now on (a hydration panic is one). */
 function noPageErrors(page: Page): string[] {
   const errors: string[] = [];
   page.on('pageerror', (e) => errors.push(e.message));

@@ -5,9 +5,10 @@
 //! The server renders every page whole, as before.
 //!
 //! In the browser a page's chunk is fetched by the route's `preload`, which
-//! the router awaits before it hydrates the page (`hydrate_lazy`) or shows it
-//! after a navigation. Without it the page would be hydrated while its code
-//! is still on the way, against HTML it no longer matches.
+//! the router awaits before it hydrates the page (asynchronous hydration,
+//! `hydrate_from_async` in `lib.rs`) or shows it after a navigation. Without
+//! it the page would be hydrated while its code is still on the way, against
+//! HTML it no longer matches.
 //!
 //! A chunk that cannot be downloaded (the network dropped, a proxy) never
 //! leaves a dead page: the split functions are `fallible`, and a failure
