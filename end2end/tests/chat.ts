@@ -12,6 +12,26 @@ export const members = (page: Page) => page.locator('[data-testid=members] .memb
 /** A notice that `name` (with their tag) joined or left. */
 export const notice = (name: string, verb: 'joined' | 'left') => new RegExp(`${name} #[0-9a-f]{4} ${verb}`);
 
+/**
+ * Starts recording every text the chat status badge shows, and returns a
+ * function that reads them. A state can last less than Playwright's polling
+ * interval (a page that reconnects at once to another instance); polling the
+ * badge would miss it, the recording does not.
+ */
+export async function recordStatus(page: Page): Promise<() => Promise<string[]>> {
+  await page.evaluate(() => {
+    const seen: string[] = [];
+    (window as any).__pulseStatus = seen;
+    const note = () => {
+      const text = document.querySelector('[data-testid=chat-status]')?.textContent ?? '';
+      if (seen[seen.length - 1] !== text) seen.push(text);
+    };
+    note();
+    new MutationObserver(note).observe(document.body, { subtree: true, childList: true, characterData: true });
+  });
+  return () => page.evaluate(() => [...(window as any).__pulseStatus] as string[]);
+}
+
 /** Opens `url` and signs in as `name` (or the suggested name). */
 export async function signIn(page: Page, url: string, name?: string): Promise<string> {
   await page.goto(url);
