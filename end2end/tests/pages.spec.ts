@@ -113,6 +113,23 @@ test('publishing while signed out is answered 401 and offers to sign in', async 
   await expect(page.getByTestId('sign-in-name')).toBeVisible();
 });
 
+for (const size of SIZES) {
+  test(`at ${size.width}×${size.height} the Feed does not move under the pointer while its first events arrive`, async ({ page }) => {
+    await server.dispose();
+    // A new server: its feed has few events yet, and one arrives every 300 ms.
+    server = await PulseServer.start({ ...ENV, PULSE_FEED_INTERVAL: '300ms' });
+    await page.setViewportSize(size);
+    await page.goto(server.url);
+    const rows = page.locator('[data-testid=events] li');
+    const first = await rows.count();
+    expect(first, 'rows on the first paint (the list is still filling)').toBeLessThan(10);
+    const top = async (name: string) => (await page.getByRole('button', { name }).boundingBox())!.y;
+    const before = await top('Publish');
+    await expect(rows).toHaveCount(10, { timeout: 10_000 });
+    expect(await top('Publish'), 'where "Publish" is once the list is full').toBe(before);
+  });
+}
+
 async function newPage(browser: Browser): Promise<Page> {
   return (await browser.newContext()).newPage();
 }
