@@ -368,14 +368,15 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
     .await;
 }
 
-/// What the server answers to a POST of `path` that announces a megabyte of
-/// body and sends only its first 70 KiB; `None` if it waits for the rest.
-async fn answer_to_a_huge_post(server: &Server, path: &str) -> Option<String> {
+/// What the server answers to a POST of `path` (a `content_type` body) that
+/// announces a megabyte of body and sends only its first 70 KiB; `None` if
+/// it waits for the rest.
+async fn answer_to_a_huge_post(server: &Server, path: &str, content_type: &str) -> Option<String> {
     let addr = server.url.trim_start_matches("http://");
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         token("Mallory"),
         1024 * 1024
     );
@@ -395,8 +396,38 @@ async fn an_oversized_post_is_refused_from_its_head_without_reading_the_body() {
     // The fallback's posts (64 KiB at most) and notifications (16 KiB):
     // answered 413 from the announced length, before any of it is buffered.
     for path in ["/api/chat/send", "/api/notifications"] {
-        let answer = answer_to_a_huge_post(&server, path).await;
+        let answer = answer_to_a_huge_post(&server, path, "application/json").await;
         let answer = answer.unwrap_or_else(|| panic!("{path}: no answer before the body"));
         assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
     }
+}
+
+#[tokio::test]
+async fn a_server_function_takes_no_more_body_than_its_longest_argument() {
+    let server = ws::start(&[]).await;
+    // Sign-in and publishing (server functions, form-encoded): a megabyte
+    // announced is refused from the head, as above.
+    for path in ["/api/sign_in", "/api/publish_notification"] {
+        let answer =
+            answer_to_a_huge_post(&server, path, "application/x-www-form-urlencoded").await;
+        let answer = answer.unwrap_or_else(|| panic!("{path}: no answer before the body"));
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+    }
+    // The longest notification still fits, however it is written: 2000
+    // four-byte characters, each percent-encoded (12 bytes).
+    let (cookie, _) = ws::sign_in(&server, "Wordy").await;
+    let longest = "\u{1F600}".repeat(pulse::protocol::MAX_TEXT_CHARS);
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/publish_notification", server.url))
+        .header("cookie", cookie)
+        .form(&[("text", longest.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
 }

@@ -15,11 +15,12 @@ use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::app::{shell, App};
 use crate::protocol::{
-    CHAT_SEND_PATH, CHAT_STREAM_PATH, FEED_PATH, MAX_FRAME_BYTES, NOTIFICATIONS_PATH, STATS_PATH,
-    WS_PATH,
+    CHAT_SEND_PATH, CHAT_STREAM_PATH, FEED_PATH, MAX_FRAME_BYTES, MAX_TEXT_CHARS,
+    NOTIFICATIONS_PATH, STATS_PATH, WS_PATH,
 };
 use crate::server::bus::{Bus, BusStatus};
 use crate::server::chat::{self, Chat};
@@ -86,12 +87,22 @@ impl FromRef<AppState> for FeedState {
     }
 }
 
+/// The largest body a server function takes: a notification's text at its
+/// longest, form-encoded with every character percent-encoded from four
+/// UTF-8 bytes (12 bytes each), and room for the field's name.
+pub const MAX_SERVER_FN_BYTES: usize = MAX_TEXT_CHARS * 12 + 1024;
+
 /// The whole app as one router.
 pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
     let context = server_context(&state);
     let options = state.leptos_options.clone();
+    // Pages and server functions (leptos_axum), their bodies bounded to what
+    // the longest argument needs: a larger announced length is refused
+    // (413) before any of it is read, and a chunked body is cut off there.
     Router::new()
+        .leptos_routes_with_context(&state, routes, context, move || shell(options.clone()))
+        .route_layer(RequestBodyLimitLayer::new(MAX_SERVER_FN_BYTES))
         .route(FEED_PATH, get(feed::events))
         .route(WS_PATH, get(chat::upgrade))
         .route(CHAT_STREAM_PATH, get(chat::fallback::stream))
@@ -108,7 +119,6 @@ pub fn router(state: AppState) -> Router {
         .route(STATS_PATH, get(stats::stream))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .leptos_routes_with_context(&state, routes, context, move || shell(options.clone()))
         .fallback(fallback)
         .layer(middleware::from_fn(security::refuse_cross_site))
         .layer(middleware::from_fn(security::headers))
