@@ -413,6 +413,20 @@ async fn a_server_function_takes_no_more_body_than_its_longest_argument() {
         let answer = answer.unwrap_or_else(|| panic!("{path}: no answer before the body"));
         assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
     }
+    // Without a length announced (chunked): the same limit, the same 413,
+    // however the server function would have read it.
+    let chunked = futures::stream::iter([Ok::<_, std::io::Error>(format!(
+        "name={}",
+        "a".repeat(40 * 1024)
+    ))]);
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/sign_in", server.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(reqwest::Body::wrap_stream(chunked))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
     // The longest notification still fits, however it is written: 2000
     // four-byte characters, each percent-encoded (12 bytes).
     let (cookie, _) = ws::sign_in(&server, "Wordy").await;

@@ -5,16 +5,19 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{middleware, Router};
+use axum::Router;
 use leptos::config::LeptosOptions;
 use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::app::{shell, App};
@@ -98,11 +101,18 @@ pub fn router(state: AppState) -> Router {
     let context = server_context(&state);
     let options = state.leptos_options.clone();
     // Pages and server functions (leptos_axum), their bodies bounded to what
-    // the longest argument needs: a larger announced length is refused
-    // (413) before any of it is read, and a chunked body is cut off there.
+    // the longest argument needs: a larger announced length is refused (413)
+    // before any of it is read; a chunked body is read whole, up to the
+    // limit, before the function runs.
     Router::new()
         .leptos_routes_with_context(&state, routes, context, move || shell(options.clone()))
-        .route_layer(RequestBodyLimitLayer::new(MAX_SERVER_FN_BYTES))
+        .route_layer(
+            ServiceBuilder::new()
+                .layer(RequestBodyLimitLayer::new(MAX_SERVER_FN_BYTES))
+                // The limited body, as axum's `Body` again.
+                .map_request(|req: Request<_>| req.map(Body::new))
+                .layer(middleware::from_fn(whole_body)),
+        )
         .route(FEED_PATH, get(feed::events))
         .route(WS_PATH, get(chat::upgrade))
         .route(CHAT_STREAM_PATH, get(chat::fallback::stream))
@@ -123,6 +133,21 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(security::refuse_cross_site))
         .layer(middleware::from_fn(security::headers))
         .with_state(state)
+}
+
+/// Reads a request's body whole before its server function runs, so that a
+/// body over the limit (a chunked one, whose length the limit layer could
+/// not see) is answered 413 by axum's extractor: server_fn would answer the
+/// failed read with a 500.
+async fn whole_body(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(refused) => refused.into_response(),
+    }
 }
 
 /// What server functions and server-side rendering reach through Leptos
