@@ -2,7 +2,9 @@
 import { Page } from '@playwright/test';
 import { expect } from './fixtures';
 
-export const status = (page: Page) => page.getByTestId('chat-status');
+/** The chat's connection badge. */
+const STATUS = 'chat-status';
+export const status = (page: Page) => page.getByTestId(STATUS);
 export const messages = (page: Page) => page.locator('[data-testid=messages] li.msg');
 export const texts = (page: Page) => messages(page).locator('.msg-text');
 export const input = (page: Page) => page.getByTestId('chat-input');
@@ -19,16 +21,16 @@ export const notice = (name: string, verb: 'joined' | 'left') => new RegExp(`${n
  * badge would miss it, the recording does not.
  */
 export async function recordStatus(page: Page): Promise<() => Promise<string[]>> {
-  await page.evaluate(() => {
+  await page.evaluate((id) => {
     const seen: string[] = [];
     (window as any).__pulseStatus = seen;
     const note = () => {
-      const text = document.querySelector('[data-testid=chat-status]')?.textContent ?? '';
+      const text = document.querySelector(`[data-testid=${id}]`)?.textContent ?? '';
       if (seen[seen.length - 1] !== text) seen.push(text);
     };
     note();
     new MutationObserver(note).observe(document.body, { subtree: true, childList: true, characterData: true });
-  });
+  }, STATUS);
   return () => page.evaluate(() => [...(window as any).__pulseStatus] as string[]);
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Request, State};
+use axum::extract::{FromRef, FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -100,32 +100,20 @@ pub fn router(state: AppState) -> Router {
     let routes = generate_route_list(App);
     let context = server_context(&state);
     let options = state.leptos_options.clone();
-    // Pages and server functions (leptos_axum), their bodies bounded to what
-    // the longest argument needs: a larger announced length is refused (413)
-    // before any of it is read; a chunked body is read whole, up to the
-    // limit, before the function runs.
+    let pages = Router::new()
+        .leptos_routes_with_context(&state, routes, context, move || shell(options.clone()));
+    let chat_send = Router::new().route(CHAT_SEND_PATH, post(chat::fallback::send));
+    let notifications = Router::new().route(NOTIFICATIONS_PATH, post(notify::post));
     Router::new()
-        .leptos_routes_with_context(&state, routes, context, move || shell(options.clone()))
-        .route_layer(
-            ServiceBuilder::new()
-                .layer(RequestBodyLimitLayer::new(MAX_SERVER_FN_BYTES))
-                // The limited body, as axum's `Body` again.
-                .map_request(|req: Request<_>| req.map(Body::new))
-                .layer(middleware::from_fn(whole_body)),
-        )
+        // Every route that takes a body, bounded to what it needs: the
+        // longest server-function argument; the fallback's most frames; one
+        // frame's worth of notification.
+        .merge(bounded(pages, MAX_SERVER_FN_BYTES))
+        .merge(bounded(chat_send, chat::fallback::MAX_POST_BYTES))
+        .merge(bounded(notifications, MAX_FRAME_BYTES))
         .route(FEED_PATH, get(feed::events))
         .route(WS_PATH, get(chat::upgrade))
         .route(CHAT_STREAM_PATH, get(chat::fallback::stream))
-        // Bodies are bounded before they are read: an oversized one is
-        // refused from its announced length (413), never buffered.
-        .route(
-            CHAT_SEND_PATH,
-            post(chat::fallback::send).layer(DefaultBodyLimit::max(chat::fallback::MAX_POST_BYTES)),
-        )
-        .route(
-            NOTIFICATIONS_PATH,
-            post(notify::post).layer(DefaultBodyLimit::max(MAX_FRAME_BYTES)),
-        )
         .route(STATS_PATH, get(stats::stream))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -135,10 +123,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Reads a request's body whole before its server function runs, so that a
-/// body over the limit (a chunked one, whose length the limit layer could
-/// not see) is answered 413 by axum's extractor: server_fn would answer the
-/// failed read with a 500.
+/// `routes` with request bodies of at most `max` bytes: a larger announced
+/// length is refused (413) before any of it is read; a body without one
+/// (chunked) is read whole, up to `max`, before the handler runs.
+fn bounded(routes: Router<AppState>, max: usize) -> Router<AppState> {
+    routes.route_layer(
+        ServiceBuilder::new()
+            .layer(RequestBodyLimitLayer::new(max))
+            // The limited body, as axum's `Body` again.
+            .map_request(|req: Request<_>| req.map(Body::new))
+            .layer(middleware::from_fn(whole_body)),
+    )
+}
+
+/// Reads a request's body whole before its handler runs, so that a body
+/// over the limit (a chunked one, whose length the limit layer could not
+/// see) is answered 413 by axum's extractor, whatever the handler: server_fn
+/// would answer the failed read with a 500.
 async fn whole_body(req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     match Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await {
