@@ -97,7 +97,7 @@ pub async fn renew_session() -> Result<Session, ServerFnError> {
 #[server(endpoint = "sign_out")]
 pub async fn sign_out() -> Result<(), ServerFnError> {
     if let Ok(claims) = server::claims().await {
-        server::sessions()?.sign_out(&claims.sid, claims.exp);
+        server::sessions()?.sign_out(&claims.sid, claims.exp).await;
     }
     server::set_cookie(&crate::server::auth::Auth::clear_cookie(server::is_https()));
     Ok(())

@@ -105,7 +105,7 @@ async fn rooms_deliver_to_members_only_with_presence_and_history() {
     eve.join("random").await;
 
     // A spoofed `user` is ignored: the name comes from the token.
-    bob.send(json!({"type": "message", "room": "tech", "text": "  hello  ", "user": "Ada"}))
+    bob.send(json!({"type": "message", "room": "tech", "text": "  hello  ", "user": "Ada", "client_id": "c-1"}))
         .await;
     for client in [&mut ada, &mut bob] {
         let m = client.recv().await;
@@ -170,8 +170,16 @@ async fn bad_frames_get_clear_errors_and_the_connection_stays_usable() {
     }
     ada.send_raw(Message::binary(vec![1, 2, 3])).await;
     expect("invalid_message")(ada.recv().await);
+    // A message that cannot be published is answered `nack`, for its client_id.
+    let refused = |code: &'static str| {
+        move |v: serde_json::Value| {
+            assert_eq!(v["type"], "nack", "{v}");
+            assert_eq!(v["code"], code, "{v}");
+            assert!(v["client_id"].as_str().is_some_and(|id| !id.is_empty()));
+        }
+    };
     ada.say("general", &"x".repeat(2001)).await;
-    expect("invalid_message")(ada.recv().await);
+    refused("invalid_message")(ada.recv().await);
     ada.say("general", &"é".repeat(2000)).await;
     assert_eq!(
         ada.recv().await["type"],
@@ -180,7 +188,10 @@ async fn bad_frames_get_clear_errors_and_the_connection_stays_usable() {
     );
 
     ada.say("tech", "hi").await;
-    expect("not_in_room")(ada.recv().await);
+    refused("not_in_room")(ada.recv().await);
+    // A client_id that is not 1-64 characters of A-Z a-z 0-9 - _ is an error.
+    ada.say_as("general", "hi", "no spaces please").await;
+    expect("invalid_message")(ada.recv().await);
     ada.send(json!({"type": "leave", "room": "tech"})).await;
     expect("not_in_room")(ada.recv().await);
     ada.send(json!({"type": "join", "room": "Bad Name!"})).await;
@@ -199,7 +210,7 @@ async fn bad_frames_get_clear_errors_and_the_connection_stays_usable() {
     // Still usable after all that.
     ada.say("general", "still here").await;
     assert_eq!(ada.recv().await["text"], "still here");
-    assert_eq!(server.metric("pulse_invalid_messages_total").await, 6.0);
+    assert_eq!(server.metric("pulse_invalid_messages_total").await, 7.0);
 
     // A frame over 16 KiB closes the connection with 1009.
     ada.send_raw(Message::text("x".repeat(16 * 1024 + 1))).await;
@@ -222,6 +233,7 @@ async fn the_101st_message_in_a_minute_is_rate_limited_and_not_broadcast() {
     }
     ada.say("general", "one too many").await;
     let err = ada.recv().await;
+    assert_eq!(err["type"], "nack", "{err}");
     assert_eq!(err["code"], "rate_limited", "{err}");
     let wait = err["retry_after_ms"].as_u64().expect("retry_after_ms");
     assert!(wait > 0 && wait <= 60_000, "{wait}");

@@ -60,7 +60,8 @@ impl Fallback {
 
     /// Says `text` in `room` (posting to `server`), and sees its echo.
     async fn say(&mut self, server: &Server, room: &str, text: &str) {
-        let frames = json!([{"type": "message", "room": room, "text": text}]);
+        let frames =
+            json!([{"type": "message", "room": room, "text": text, "client_id": ws::client_id()}]);
         assert_eq!(self.post(server, frames).await, 202);
         assert_eq!(self.recv_type("message").await["text"], text, "the echo");
     }
@@ -176,7 +177,7 @@ async fn posts_are_checked_like_socket_frames() {
     assert_eq!(
         fay.post(
             &server,
-            json!([{"type": "message", "room": "general", "text": huge}])
+            json!([{"type": "message", "room": "general", "text": huge, "client_id": "c1"}])
         )
         .await,
         413
@@ -186,13 +187,14 @@ async fn posts_are_checked_like_socket_frames() {
     assert_eq!(
         fay.post(
             &server,
-            json!([{"type": "message", "room": "general", "text": "hi"}])
+            json!([{"type": "message", "room": "general", "text": "hi", "client_id": "c2"}])
         )
         .await,
         202
     );
-    let refused = fay.recv_type("error").await;
+    let refused = fay.recv_type("nack").await;
     assert_eq!(refused["code"], "not_in_room", "{refused}");
+    assert_eq!(refused["client_id"], "c2", "{refused}");
     // Nobody heard of Mallory's attempt: the connection is still Fay's alone.
     let joined = fay.join(&server, "general").await;
     assert_eq!(ws::names(&joined["members"]), ["Fay"]);
@@ -227,7 +229,7 @@ async fn a_post_that_reaches_another_instance_goes_to_the_stream_over_the_bus() 
     fay.join(&b, "tech").await;
     fay.say(&b, "tech", "via b").await;
     // Someone else's post crosses the bus too, but is not acted on.
-    let mallory = json!({"conn": fay.conn, "frames": [{"type": "message", "room": "tech", "text": "not mine"}]});
+    let mallory = json!({"conn": fay.conn, "frames": [{"type": "message", "room": "tech", "text": "not mine", "client_id": "m1"}]});
     assert_eq!(post(&b, &token("Mallory"), &mallory).await, 202);
     fay.say(&b, "tech", "still mine").await;
 }
@@ -255,10 +257,11 @@ async fn a_user_who_posts_too_fast_is_refused_before_anything_crosses_the_bus() 
     // One message a minute: posts (joins and leaves too) get twice that.
     let server = ws::start(&[("PULSE_RATE_LIMIT_PER_MIN", "1")]).await;
     let fay = Fallback::open(&server, "Fay").await;
-    // Names of connections on another instance: each post would cross the bus.
+    // Names of connections on another instance: each post would cross to
+    // it (there is none here, so each is answered 404 once it has tried).
     let elsewhere = json!({"conn": "other.0", "frames": [{"type": "ping"}]});
-    assert_eq!(post(&server, &fay.token, &elsewhere).await, 202);
-    assert_eq!(post(&server, &fay.token, &elsewhere).await, 202);
+    assert_eq!(post(&server, &fay.token, &elsewhere).await, 404);
+    assert_eq!(post(&server, &fay.token, &elsewhere).await, 404);
     assert_eq!(post(&server, &fay.token, &elsewhere).await, 429);
 }
 
@@ -287,7 +290,8 @@ impl Fallback {
 
     /// Posts a message in `room` for the attached connection `conn`.
     async fn say_as(&self, server: &Server, conn: &str, room: &str, text: &str) -> u16 {
-        let frames = json!([{"type": "message", "room": room, "text": text}]);
+        let frames =
+            json!([{"type": "message", "room": room, "text": text, "client_id": ws::client_id()}]);
         self.post_as(server, conn, frames).await
     }
 
@@ -334,7 +338,7 @@ async fn tabs_share_one_stream_each_with_a_connection_of_its_own() {
 
     // The second tab is not in #tech: sending there is refused, to it alone.
     assert_eq!(fay.say_as(&server, &two, "tech", "x").await, 202);
-    assert_eq!(fay.recv_tab("tab_2", "error").await["code"], "not_in_room");
+    assert_eq!(fay.recv_tab("tab_2", "nack").await["code"], "not_in_room");
 
     // Another user cannot post to them; a bad tab id is refused; a socket
     // cannot attach.

@@ -173,7 +173,7 @@ async fn the_http_fallback_works_through_the_documented_nginx_without_sticky_ses
     assert_eq!(next(&mut stream, "joined").await["room"], "general");
     for i in 0..4 {
         let text = format!("through nginx {i}");
-        let frames = serde_json::json!([{"type": "message", "room": "general", "text": text}]);
+        let frames = serde_json::json!([{"type": "message", "room": "general", "text": text, "client_id": ws::client_id()}]);
         assert_eq!(post(frames).await.unwrap().status(), 202);
         assert_eq!(next(&mut stream, "message").await["text"], text);
         assert_eq!(wes.recv_type("message").await["text"], text);

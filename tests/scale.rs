@@ -84,7 +84,7 @@ async fn instances_share_rooms_presence_history_and_notifications() {
 }
 
 #[tokio::test]
-async fn a_redis_outage_keeps_local_delivery_and_heals_by_itself() {
+async fn during_a_redis_outage_messages_are_refused_unavailable_and_it_heals_by_itself() {
     let mut redis = Redis::start().await;
     let mut a = ready_instance(&redis).await;
     let b = ready_instance(&redis).await;
@@ -113,16 +113,30 @@ async fn a_redis_outage_keeps_local_delivery_and_heals_by_itself() {
         next_of_kind(&mut late_feed, "health").await["other_servers"],
         false
     );
-    // Clients of the same instance still talk, and lose nothing.
-    for i in 0..20 {
-        ada.say("general", &format!("during {i}")).await;
-    }
-    for i in 0..20 {
-        assert_eq!(
-            amy.recv_type("message").await["text"],
-            format!("during {i}")
-        );
-    }
+    // Nothing is shown as sent that Bob will not get: each message is
+    // nacked `unavailable` with a retry delay, and nobody gets it.
+    let nack = ada.say_acked("general", "during").await;
+    assert_eq!(nack["type"], "nack", "{nack}");
+    assert_eq!(nack["code"], "unavailable", "{nack}");
+    assert!(
+        nack["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{nack}"
+    );
+    // A join cannot be answered either: refused the same way.
+    late.send(serde_json::json!({"type": "join", "room": "general"}))
+        .await;
+    let refused = late.recv_type("error").await;
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    // A notification is refused rather than shown on one instance only.
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/notifications", a.url))
+        .header("authorization", format!("Bearer {}", token("Ops")))
+        .body(r#"{"text":"during"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
 
     redis.launch().await;
     a.wait_ready(200).await;
@@ -133,13 +147,17 @@ async fn a_redis_outage_keeps_local_delivery_and_heals_by_itself() {
         next_of_kind(&mut feed, "health").await["other_servers"],
         true
     );
-    // Same sockets, no reconnect: cross-instance delivery is back.
-    ada.say("general", "after the outage").await;
-    let m = bob.recv_type("message").await;
-    assert_eq!(m["text"], "after the outage");
+    // Same sockets, no reconnect: sending works again, everywhere, and the
+    // refused message was delivered to nobody.
+    let ack = ada.say_acked("general", "after the outage").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    for c in [&mut amy, &mut bob] {
+        let m = c.recv_type("message").await;
+        assert_eq!(m["text"], "after the outage");
+    }
     // The outage was logged once, not once per message or retry.
     assert_eq!(
-        a.take_logs_matching("serving this instance's clients only")
+        a.take_logs_matching("messages are refused (unavailable)")
             .len(),
         1
     );
@@ -150,14 +168,17 @@ async fn an_instance_starts_without_redis_and_connects_when_it_comes() {
     let mut redis = Redis::reserve();
     let a = instance(&redis).await;
     a.wait_ready(503).await;
-    // It serves its own clients meanwhile.
+    // Its clients are told to try again meanwhile.
     let mut ada = Client::connect(&a, "Ada").await;
-    ada.join("general").await;
-    ada.say("general", "alone").await;
-    assert_eq!(ada.recv_type("message").await["text"], "alone");
+    ada.send(serde_json::json!({"type": "join", "room": "general"}))
+        .await;
+    assert_eq!(ada.recv_type("error").await["code"], "unavailable");
 
     redis.launch().await;
     a.wait_ready(200).await;
+    ada.join("general").await;
+    ada.say("general", "not alone any more").await;
+    assert_eq!(ada.recv_type("message").await["text"], "not alone any more");
 }
 
 #[tokio::test]
@@ -309,15 +330,17 @@ async fn every_key_pulse_writes_to_redis_expires() {
 
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys = support::eventually("history, presence and revocation keys", async || {
+    let keys = support::eventually("stream, presence and revocation keys", async || {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("pulse:*")
             .query_async(&mut conn)
             .await
             .unwrap();
         let has = |prefix: &str| keys.iter().any(|k| k.starts_with(prefix));
-        (has("pulse:history:ttl-room") && has("pulse:presence:ttl-room") && has("pulse:revoked:"))
-            .then_some(keys)
+        let room = ["stream", "meta", "dedup:", "entries", "holders", "names"]
+            .iter()
+            .all(|kind| has(&format!("pulse:{{ttl-room}}:{kind}")));
+        (room && has("pulse:revoked:")).then_some(keys)
     })
     .await;
     for key in keys {

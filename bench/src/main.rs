@@ -527,7 +527,9 @@ async fn fanout_on(bin: &str, over_http: bool) -> Res<()> {
             while text.len() < TEXT_BYTES {
                 text.push('x');
             }
-            let frame = format!(r#"{{"type":"message","room":"bench","text":"{text}"}}"#);
+            let frame = format!(
+                r#"{{"type":"message","room":"bench","text":"{text}","client_id":"b{seq}"}}"#
+            );
             ptx.lock().await.send(Message::text(frame)).await?;
             seq += 1;
         }

@@ -141,6 +141,7 @@ impl ChatState {
                 room,
                 members,
                 history,
+                ..
             } => self.rooms.update(|rooms| {
                 let view = rooms.entry(room).or_default();
                 view.members = members;
@@ -205,11 +206,12 @@ impl ChatState {
             // The connection's own business, not the page's.
             ServerMessage::Pong { .. }
             | ServerMessage::Hello { .. }
-            | ServerMessage::Closed { .. } => {}
+            | ServerMessage::Closed { .. }
+            | ServerMessage::Ack { .. } => {}
             ServerMessage::Left { room } => self.rooms.update(|rooms| {
                 rooms.remove(&room);
             }),
-            ServerMessage::Error { message, .. } => {
+            ServerMessage::Error { message, .. } | ServerMessage::Nack { message, .. } => {
                 // A refused message stays in the composer, with the reason.
                 self.awaiting.set(false);
                 self.error.set(Some(message));

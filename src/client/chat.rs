@@ -62,6 +62,7 @@ impl ChatSocket {
         }
         self.send(ClientMessage::Join {
             room: room.to_string(),
+            since: None,
         });
     }
 
@@ -78,6 +79,7 @@ impl ChatSocket {
         self.send(ClientMessage::Message {
             room: room.to_string(),
             text: text.to_string(),
+            client_id: new_client_id(),
         })
     }
 
@@ -105,6 +107,17 @@ impl ChatSocket {
     pub fn close(&self) {
         self.running.stop();
     }
+}
+
+/// A fresh `client_id` for a message (random; on the server, never used).
+fn new_client_id() -> String {
+    #[cfg(feature = "hydrate")]
+    {
+        let part = || (js_sys::Math::random() * 4_294_967_296.0) as u32;
+        format!("{:08x}{:08x}{:08x}", part(), part(), part())
+    }
+    #[cfg(not(feature = "hydrate"))]
+    String::new()
 }
 
 /// The list, even if a panic left its lock poisoned (each change is whole).
@@ -271,7 +284,7 @@ mod browser {
         let (mut sink, mut stream) = ws.split();
         let rejoin: Vec<String> = super::lock(link.rooms).clone();
         for room in rejoin {
-            if send(&mut sink, &ClientMessage::Join { room })
+            if send(&mut sink, &ClientMessage::Join { room, since: None })
                 .await
                 .is_err()
             {
@@ -824,7 +837,10 @@ mod browser {
             state.status.set(ConnState::Live);
             let rejoin: Vec<ClientMessage> = super::super::lock(link.rooms)
                 .iter()
-                .map(|room| ClientMessage::Join { room: room.clone() })
+                .map(|room| ClientMessage::Join {
+                    room: room.clone(),
+                    since: None,
+                })
                 .collect();
             rejoin.is_empty() || post(conn, rejoin).await
         }

@@ -55,14 +55,39 @@ pub const TOKEN_PARAM: &str = "token";
 /// Name of the HttpOnly cookie that carries the session's JWT.
 pub const SESSION_COOKIE: &str = "pulse_session";
 
+/// Longest `client_id` of a [`ClientMessage::Message`].
+pub const MAX_CLIENT_ID: usize = 64;
+
+/// Whether `id` is a valid `client_id`: 1–64 characters of `A-Z a-z 0-9 - _`.
+pub fn is_valid_client_id(id: &str) -> bool {
+    (1..=MAX_CLIENT_ID).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A place in a room's stream: the stream's `epoch` (a string that changes
+/// whenever the stream is lost: Redis flushed, its keys evicted, a lone
+/// instance restarted) and an `offset` in it (the publications of a room are
+/// numbered 1, 2, 3, … in the one order every member sees).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// The stream's epoch.
+    pub epoch: String,
+    /// The offset of a publication in it (0: before the first).
+    pub offset: u64,
+}
+
 /// Rooms that always exist.
 pub const DEFAULT_ROOMS: [&str; 3] = ["general", "tech", "random"];
 /// Longest room name, in characters (`a-z 0-9 - _`).
 pub const MAX_ROOM_NAME: usize = 32;
 /// Rooms one connection may be in at once.
 pub const MAX_ROOMS_PER_CONNECTION: usize = 10;
-/// Messages a room keeps and sends to whoever joins.
+/// Messages a `joined` carries when it does not recover (the recent history).
 pub const HISTORY_LEN: usize = 50;
+/// Bytes of text (and names) the recent history of a `joined` carries at most.
+pub const HISTORY_BYTES: usize = 32 * 1024;
 /// Longest message text, in characters, after trimming.
 pub const MAX_TEXT_CHARS: usize = 2000;
 /// Largest frame a client may send; a bigger one closes with 1009.
@@ -98,18 +123,28 @@ pub enum ClientMessage {
     Join {
         /// Room name.
         room: String,
+        /// The last publication the client saw in this room (after a
+        /// reconnect): the server then sends what came after it, if it can
+        /// send all of it (`joined.recovered`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<StreamPosition>,
     },
     /// Leave a room.
     Leave {
         /// Room name.
         room: String,
     },
-    /// Say something in a room one has joined.
+    /// Say something in a room one has joined; answered with `ack` (or
+    /// `nack`) for `client_id`.
     Message {
         /// Room name.
         room: String,
         /// The text (1–2000 characters after trimming).
         text: String,
+        /// The client's id for this message (1–64 characters of
+        /// `A-Z a-z 0-9 - _`, unique per message): a message sent again with
+        /// the same id (after a drop) is published once and acked again.
+        client_id: String,
     },
     /// Are you there? Answered with `pong`. Browsers cannot see WebSocket
     /// pings, so this is how a page tells a live socket from a dead one.
@@ -145,11 +180,14 @@ pub fn user_tag(id: &str) -> String {
     format!("#{:04x}", hash & 0xffff)
 }
 
-/// A chat message, as stored in a room's history and sent to its members.
+/// A chat message, as stored in a room's stream and sent to its members.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// Room it was said in.
     pub room: String,
+    /// Its place in the room's stream: one more than the message before it.
+    #[serde(default)]
+    pub offset: u64,
     /// Unique id (time-ordered), for de-duplication.
     pub id: String,
     /// Id of the author, from their token.
@@ -160,21 +198,35 @@ pub struct ChatMessage {
     pub text: String,
     /// Server time, milliseconds since the Unix epoch.
     pub timestamp: u64,
+    /// The author's id for it (so the author's other tabs know it as theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 /// A frame from server to client.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ServerMessage {
-    /// Answers one's own join.
+    /// Answers one's own join. Also sent unasked when the room's stream
+    /// was lost under the member (a new `epoch`): replace what is shown.
     Joined {
         /// Room name.
         room: String,
         /// Who is in the room, sorted by name then id, oneself included.
         members: Vec<Member>,
-        /// The room's latest messages, oldest first; empty when the
-        /// connection was in the room already.
+        /// With `recovered`: exactly the publications after the join's
+        /// `since`, in order. Otherwise the room's latest messages (at most
+        /// 50 and 32 KiB), oldest first. Empty when the connection was in
+        /// the room already.
         history: Vec<ChatMessage>,
+        /// The room's stream.
+        epoch: String,
+        /// The offset of the latest publication this answer accounts for:
+        /// the next one the member gets has a higher one.
+        offset: u64,
+        /// True when the join's `since` was recovered whole: nothing the
+        /// member missed is lost. False otherwise: messages may be missing.
+        recovered: bool,
     },
     /// Who entered and who left a room one is in, since the last such frame.
     /// Changes are gathered for a short while (100 ms) and sent as one
@@ -194,6 +246,31 @@ pub enum ServerMessage {
     },
     /// A message in a room one is in (one's own included).
     Message(ChatMessage),
+    /// One's own message is in the room's stream, at `offset`.
+    Ack {
+        /// Room name.
+        room: String,
+        /// The message's `client_id`.
+        client_id: String,
+        /// Its offset.
+        offset: u64,
+    },
+    /// One's own message was not published.
+    Nack {
+        /// Room name.
+        room: String,
+        /// The message's `client_id`.
+        client_id: String,
+        /// Why: `rate_limited` and `unavailable` pass by waiting
+        /// `retry_after_ms` (send it again with the same `client_id`);
+        /// `invalid_message` and `not_in_room` do not.
+        code: ErrorCode,
+        /// Human-readable details.
+        message: String,
+        /// When sending again may succeed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
     /// Answers one's own leave.
     Left {
         /// Room name.
@@ -254,6 +331,22 @@ pub enum ErrorCode {
     NotInRoom,
     /// A bad room name, or too many rooms.
     InvalidRoom,
+    /// The other servers cannot be reached (Redis): nothing was done; try
+    /// again after `retry_after_ms`.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The code as it is written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// Whether `name` is a valid room name: 1–32 characters of `a-z 0-9 - _`.
@@ -274,27 +367,55 @@ mod tests {
         assert_eq!(
             join,
             ClientMessage::Join {
-                room: "tech".into()
+                room: "tech".into(),
+                since: None,
             }
         );
-        // A spoofed user is ignored, not an error.
-        let msg: ClientMessage =
-            serde_json::from_str(r#"{"type":"message","room":"a","text":"hi","user":"x"}"#)
-                .unwrap();
+        let rejoin: ClientMessage = serde_json::from_str(
+            r#"{"type":"join","room":"tech","since":{"epoch":"e1","offset":7}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            rejoin,
+            ClientMessage::Join {
+                since: Some(StreamPosition { offset: 7, .. }),
+                ..
+            }
+        ));
+        // A spoofed user is ignored, not an error; a message needs its client_id.
+        let msg: ClientMessage = serde_json::from_str(
+            r#"{"type":"message","room":"a","text":"hi","client_id":"c1","user":"x"}"#,
+        )
+        .unwrap();
         assert!(matches!(msg, ClientMessage::Message { .. }));
+        assert!(serde_json::from_str::<ClientMessage>(
+            r#"{"type":"message","room":"a","text":"hi"}"#
+        )
+        .is_err());
 
         let out = ServerMessage::Message(ChatMessage {
             room: "a".into(),
+            offset: 3,
             id: "1".into(),
             user_id: "i".into(),
             user: "u".into(),
             text: "t".into(),
             timestamp: 5,
+            client_id: Some("c1".into()),
         });
         let json = serde_json::to_string(&out).unwrap();
         assert_eq!(
             json,
-            r#"{"type":"message","room":"a","id":"1","user_id":"i","user":"u","text":"t","timestamp":5}"#
+            r#"{"type":"message","room":"a","offset":3,"id":"1","user_id":"i","user":"u","text":"t","timestamp":5,"client_id":"c1"}"#
+        );
+        let ack = ServerMessage::Ack {
+            room: "a".into(),
+            client_id: "c1".into(),
+            offset: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&ack).unwrap(),
+            r#"{"type":"ack","room":"a","client_id":"c1","offset":3}"#
         );
         let err = ServerMessage::Error {
             code: ErrorCode::NotInRoom,
@@ -305,6 +426,10 @@ mod tests {
             serde_json::to_string(&err).unwrap(),
             r#"{"type":"error","code":"not_in_room","message":"m"}"#
         );
+        assert!(is_valid_client_id("a-Z_9"));
+        assert!(!is_valid_client_id(""));
+        assert!(!is_valid_client_id("a b"));
+        assert!(!is_valid_client_id(&"x".repeat(65)));
     }
 
     #[test]

@@ -6,10 +6,8 @@
 //! `exp`, so accepting a token "a little expired" would only open a socket to
 //! close it at once.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap};
@@ -80,7 +78,8 @@ impl std::fmt::Display for AuthError {
     }
 }
 
-/// Issues and checks tokens with one secret, and remembers revoked sessions.
+/// Issues and checks tokens with one secret (whether a session was signed
+/// out is `Sessions`' to know).
 pub struct Auth {
     /// Signs new tokens.
     encoding: EncodingKey,
@@ -92,9 +91,6 @@ pub struct Auth {
     session_ttl: Duration,
     /// Longest lifetime (`exp - iat`) of any token accepted or issued.
     max_ttl: Duration,
-    /// Sessions signed out, with the time (Unix seconds) their tokens would
-    /// have expired: kept until then, and no longer.
-    revoked: Mutex<HashMap<String, u64>>,
     /// Guest sign-ins per client address (an IPv6 /64 counts as one).
     sign_ins: DefaultKeyedRateLimiter<IpAddr>,
 }
@@ -117,7 +113,6 @@ impl Auth {
             validation,
             session_ttl: session_ttl.min(max_ttl),
             max_ttl,
-            revoked: Mutex::new(HashMap::new()),
             sign_ins: RateLimiter::keyed(Quota::per_minute(
                 NonZeroU32::new(sign_ins_per_min).unwrap_or(NonZeroU32::MIN),
             )),
@@ -165,8 +160,7 @@ impl Auth {
     }
 
     /// The claims of a valid token: well signed, not expired, not issued in
-    /// the future, not living longer than allowed, with a valid id, name and
-    /// session that has not been revoked here.
+    /// the future, not living longer than allowed, with a valid id and name.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
@@ -187,33 +181,11 @@ impl Auth {
                 self.max_ttl.as_secs()
             )));
         }
-        if self.is_revoked(&claims.sid) {
-            return Err(AuthError::Invalid("the session was signed out".into()));
-        }
         Ok(claims)
     }
 
-    fn revoked(&self) -> MutexGuard<'_, HashMap<String, u64>> {
-        // Inserts and removes are each complete: a panic elsewhere cannot
-        // leave the map half-changed.
-        self.revoked.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Remembers that session `sid`, whose tokens expire at `exp`, was signed out.
-    pub fn revoke(&self, sid: &str, exp: u64) {
-        self.revoked().insert(sid.to_string(), exp);
-    }
-
-    /// Whether session `sid` was signed out (as far as this instance knows).
-    pub fn is_revoked(&self, sid: &str) -> bool {
-        self.revoked().contains_key(sid)
-    }
-
-    /// Forgets revocations whose tokens have expired anyway, and the
-    /// sign-in limit's state of quiet addresses.
-    pub fn forget_expired(&self) {
-        let now = now_secs();
-        self.revoked().retain(|_, exp| *exp >= now);
+    /// Forgets the sign-in limit's state of quiet addresses.
+    pub fn forget_quiet(&self) {
         self.sign_ins.retain_recent();
         self.sign_ins.shrink_to_fit();
     }
@@ -347,18 +319,6 @@ mod tests {
             .unwrap();
         assert!(exp <= now_secs() + 86400);
         assert!(a.verify(&token).is_ok());
-    }
-
-    #[test]
-    fn a_revoked_session_no_longer_verifies() {
-        let a = auth();
-        let (token, exp) = a.issue("u", "Ada", "s1", Duration::from_secs(60)).unwrap();
-        let (other, _) = a.issue("u", "Ada", "s2", Duration::from_secs(60)).unwrap();
-        a.revoke("s1", exp);
-        assert!(a.verify(&token).is_err());
-        assert!(a.verify(&other).is_ok(), "only that session");
-        a.forget_expired();
-        assert!(a.is_revoked("s1"), "kept until the token would expire");
     }
 
     #[test]

@@ -238,11 +238,43 @@ pub struct AppSettings {
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
 
-    /// With Redis: a room's history is kept this long after its last message.
+    /// A member whose last connection to a room drops stays present this
+    /// long: a reconnect within it (to any instance) tells nobody anything.
+    #[arg(long, env = "PULSE_PRESENCE_GRACE", global = true, default_value = "5s",
+          value_parser = at_least(Duration::ZERO))]
+    #[serde(with = "humantime_serde")]
+    pub presence_grace: Duration,
+
+    /// Publications a room's stream keeps, for joins that recover and the
+    /// recent history (the oldest go first).
+    #[arg(long, env = "PULSE_HISTORY_SIZE", global = true, default_value_t = 1000,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub history_size: usize,
+
+    /// Bytes of publications a room's stream keeps, besides the count bound.
+    #[arg(long, env = "PULSE_HISTORY_BYTES", global = true, default_value_t = 512 * 1024,
+          value_parser = RangedU64ValueParser::<usize>::new().range(16 * 1024..=1 << 30))]
+    pub history_bytes: usize,
+
+    /// A room's stream (offsets, epoch, publications) is kept this long after
+    /// its last publication.
     #[arg(long, env = "PULSE_HISTORY_TTL", global = true, default_value = "7d",
           value_parser = at_least(Duration::from_secs(1)))]
     #[serde(with = "humantime_serde")]
     pub history_ttl: Duration,
+
+    /// Most publications a join with `since` recovers; past that it gets
+    /// the recent history and `recovered: false`.
+    #[arg(long, env = "PULSE_RECOVERY_MAX", global = true, default_value_t = 500,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub recovery_max: usize,
+
+    /// A message sent again with the same client_id (same user, same room)
+    /// within this is not published again: it gets the first ack again.
+    #[arg(long, env = "PULSE_DEDUP_WINDOW", global = true, default_value = "10m",
+          value_parser = at_least(Duration::from_secs(1)))]
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
 
     /// Secret for signing and checking JWTs (HS256), 32 bytes or more. Unset: a
     /// random one per start (sessions do not survive a restart or span instances).
@@ -485,6 +517,9 @@ mod tests {
         let printed = toml::to_string(&app).expect("prints");
         assert!(printed.contains("feed-interval = \"1s\""), "{printed}");
         assert!(printed.contains("history-ttl = \"7days\""), "{printed}");
+        assert_eq!(app.recovery_max, 500);
+        assert_eq!(app.presence_grace, Duration::from_secs(5));
+        assert_eq!(app.dedup_window, Duration::from_secs(600));
     }
 
     #[test]

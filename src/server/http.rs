@@ -25,8 +25,8 @@ use crate::protocol::{
     CHAT_SEND_PATH, CHAT_STREAM_PATH, FEED_PATH, MAX_FRAME_BYTES, MAX_TEXT_CHARS,
     NOTIFICATIONS_PATH, STATS_PATH, WS_PATH,
 };
-use crate::server::bus::{Bus, BusStatus};
 use crate::server::chat::{self, Chat};
+use crate::server::cluster::Broker;
 use crate::server::feed::{self, Feed, FeedState};
 use crate::server::notify::{self, Notifier};
 use crate::server::sessions::Sessions;
@@ -45,7 +45,7 @@ pub struct AppState {
     /// Tokens and sign-outs (for server functions).
     pub sessions: Arc<Sessions>,
     /// The other instances (for readiness).
-    pub bus: Bus,
+    pub broker: Arc<dyn Broker>,
     /// Publishes notifications into the feed.
     pub notifier: Arc<Notifier>,
     /// The dashboard's latest figures.
@@ -112,7 +112,7 @@ pub fn router(state: AppState) -> Router {
         .merge(bounded(chat_send, chat::fallback::MAX_POST_BYTES))
         .merge(bounded(notifications, MAX_FRAME_BYTES))
         .route(FEED_PATH, get(feed::events))
-        .route(WS_PATH, get(chat::upgrade))
+        .route(WS_PATH, get(chat::ws::upgrade))
         .route(CHAT_STREAM_PATH, get(chat::fallback::stream))
         .route(STATS_PATH, get(stats::stream))
         .route("/healthz", get(|| async { "ok" }))
@@ -189,7 +189,7 @@ async fn fallback(State(state): State<AppState>, req: Request<Body>) -> Response
 async fn ready(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
-    } else if state.bus.status() == BusStatus::Down {
+    } else if !*state.broker.reachable().borrow() {
         (StatusCode::SERVICE_UNAVAILABLE, "broker disconnected").into_response()
     } else {
         "ready".into_response()

@@ -37,10 +37,13 @@ pub const ROOMS: &str = "pulse_rooms";
 pub const BROKER_CONNECTED: &str = "pulse_broker_connected";
 /// Time to publish one event to the broker.
 pub const BROKER_PUBLISH_SECONDS: &str = "pulse_broker_publish_seconds";
-/// Broker commands dropped because the broker was down or too slow.
-pub const BROKER_DROPPED: &str = "pulse_broker_dropped_total";
-/// Events from other instances a local service fell too far behind to get.
-pub const BUS_EVENTS_MISSED: &str = "pulse_bus_events_missed_total";
+/// Chat messages not published, answered `nack`, by code.
+pub const NACKED: &str = "pulse_messages_nacked_total";
+/// Publications the broker handed this instance (its own and others').
+pub const PUBLICATIONS_RECEIVED: &str = "pulse_broker_publications_received_total";
+/// Reads of a room's stream after a gap, by outcome (`filled`: the missed
+/// publications were delivered; `reset`: the members started over).
+pub const STREAM_RESYNCS: &str = "pulse_stream_resyncs_total";
 
 /// The figures the dashboard shows, kept beside the recorder's copies so they
 /// can be read back (a metrics recorder is write-only). Both are updated by the
@@ -138,6 +141,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         RATE_LIMITED,
         INVALID_MESSAGES,
         SLOW_CLIENTS_DROPPED,
+        PUBLICATIONS_RECEIVED,
     ] {
         counter!(name).absolute(0);
     }
@@ -156,13 +160,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
         BROKER_PUBLISH_SECONDS,
         "Time to publish one event to the broker."
     );
+    metrics::describe_counter!(NACKED, "Chat messages answered nack, by code.");
     metrics::describe_counter!(
-        BROKER_DROPPED,
-        "Broker commands dropped while it was down or slow."
+        PUBLICATIONS_RECEIVED,
+        "Publications the broker handed this instance."
     );
     metrics::describe_counter!(
-        BUS_EVENTS_MISSED,
-        "Events from other instances a local service fell too far behind to get."
+        STREAM_RESYNCS,
+        "Reads of a room's stream after a gap, by outcome."
     );
     Ok(handle)
 }
@@ -261,12 +266,17 @@ pub fn broker_publish_latency(d: std::time::Duration) {
     metrics::histogram!(BROKER_PUBLISH_SECONDS).record(d.as_secs_f64());
 }
 
-/// A broker command was dropped.
-pub fn broker_dropped() {
-    counter!(BROKER_DROPPED).increment(1);
+/// A chat message was answered `nack` with `code`.
+pub fn nacked(code: &'static str) {
+    counter!(NACKED, "code" => code).increment(1);
 }
 
-/// A local service missed `n` events from other instances.
-pub fn bus_events_missed(n: u64) {
-    counter!(BUS_EVENTS_MISSED).increment(n);
+/// The broker handed this instance a publication.
+pub fn publication_received() {
+    counter!(PUBLICATIONS_RECEIVED).increment(1);
+}
+
+/// A room's stream was read after a gap: `filled` or `reset`.
+pub fn stream_resynced(outcome: &'static str) {
+    counter!(STREAM_RESYNCS, "outcome" => outcome).increment(1);
 }

@@ -4,9 +4,9 @@
 pub mod admission;
 pub mod assets;
 pub mod auth;
-pub mod bus;
 pub mod chat;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod feed;
 pub mod forwarded;
@@ -15,7 +15,6 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
-pub mod presence;
 pub mod security;
 pub mod sessions;
 pub mod shutdown;
@@ -31,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use auth::Auth;
-use bus::Bus;
 use chat::{Chat, ChatParts};
+use cluster::{Control, Handler, PresenceChange, Publication, StreamLimits};
 use config::Settings;
 use feed::Feed;
 use forwarded::TrustedProxies;
@@ -40,7 +39,6 @@ use http::AppState;
 use limits::RateLimits;
 use listener::{Limits, Listener};
 use notify::Notifier;
-use presence::Presence;
 use sessions::Sessions;
 
 /// Period of the chat's sweep (idle rooms, rate-limit state).
@@ -52,9 +50,11 @@ const METRICS_CONNECTIONS: usize = 64;
 /// Runs pulse on `public` (and `/metrics` on `metrics`, if given) until
 /// `shutdown` is cancelled and everything has finished.
 ///
-/// This is the one place where the services are built and wired: the feed
-/// and its ticker, tokens, the bus, chat and its upkeep, notifications, the
-/// dashboard's sampler, and the two listeners. Every long-lived task (those,
+/// This is the one place where the services are built and wired: what the
+/// instances share (the cluster: broker, presence, revocations), the feed
+/// and its ticker, tokens, chat and its upkeep, notifications, the
+/// dashboard's sampler, and the two listeners; and [`Dispatch`], which
+/// hands what the broker receives to its service. Every long-lived task (those,
 /// every connection, every upgraded WebSocket) runs on one [`TaskTracker`];
 /// at shutdown each ends on the one token, and this waits for the tracker:
 /// idle connections close at once, streams and sockets end on their own.
@@ -67,11 +67,16 @@ pub async fn run(
     let app = &settings.app;
     let tasks = TaskTracker::new();
 
-    let bus = match &app.redis_url {
-        Some(url) => Bus::redis(url.expose(), app.history_ttl).map_err(std::io::Error::other)?,
-        None => Bus::local(),
+    let streams = StreamLimits {
+        size: app.history_size,
+        bytes: app.history_bytes,
+        ttl: app.history_ttl,
+        dedup_window: app.dedup_window,
+        presence_ttl: app.presence_ttl,
     };
-    tasks.spawn(bus.clone().run(shutdown.clone()));
+    let redis_url = app.redis_url.as_ref().map(|url| url.expose());
+    let cluster = cluster::connect(redis_url, streams).map_err(std::io::Error::other)?;
+    let broker = cluster.broker.clone();
 
     let feed = Arc::new(Feed::new(
         app.feed_backlog,
@@ -80,8 +85,7 @@ pub async fn run(
     ));
     tasks.spawn(feed::run(
         feed.clone(),
-        bus.subscribe(),
-        bus.reachable(),
+        broker.reachable(),
         app.feed_interval,
         app.sse_keep_alive,
         shutdown.clone(),
@@ -103,15 +107,14 @@ pub async fn run(
         app.max_token_ttl,
         app.signin_per_min,
     ));
-    let sessions = Arc::new(Sessions::new(auth, bus.clone()));
-    tasks.spawn(sessions.clone().run(bus.subscribe(), shutdown.clone()));
+    let sessions = Arc::new(Sessions::new(auth, cluster.revocations.clone()));
+    tasks.spawn(sessions.clone().run(shutdown.clone()));
 
     let rates = Arc::new(RateLimits::new(app.rate_limit_per_min));
     let chat = Arc::new(Chat::new(
         app,
         ChatParts {
-            bus: bus.clone(),
-            presence: Presence::new(&bus, app.presence_ttl),
+            cluster,
             sessions: sessions.clone(),
             limits: rates.clone(),
             shutdown: shutdown.clone(),
@@ -119,16 +122,31 @@ pub async fn run(
         },
     ));
     let sweep = SWEEP_PERIOD.min(app.room_idle.max(Duration::from_secs(1)));
-    tasks.spawn(chat.clone().run(bus.subscribe(), sweep));
+    tasks.spawn(chat.clone().run(sweep));
+
+    let dispatch = Arc::new(Dispatch {
+        chat: chat.clone(),
+        feed: feed.clone(),
+        sessions: sessions.clone(),
+        instance: broker.instance().to_string(),
+    });
+    {
+        let (broker, shutdown) = (broker.clone(), shutdown.clone());
+        tasks.spawn(async move { broker.run(dispatch, shutdown).await });
+    }
 
     let notifier = Arc::new(Notifier::new(
         feed.clone(),
-        bus.clone(),
+        broker.clone(),
         sessions.clone(),
         rates,
     ));
-    let (stats_tx, stats_rx) = stats::channel(&bus);
-    tasks.spawn(stats::run_sampler(stats_tx, bus.clone(), shutdown.clone()));
+    let (stats_tx, stats_rx) = stats::channel(broker.as_ref());
+    tasks.spawn(stats::run_sampler(
+        stats_tx,
+        broker.clone(),
+        shutdown.clone(),
+    ));
 
     let limits = Limits {
         max_connections: app.max_connections,
@@ -153,7 +171,7 @@ pub async fn run(
         feed,
         chat,
         sessions,
-        bus,
+        broker,
         notifier,
         stats: stats_rx,
         shutdown: shutdown.clone(),
@@ -171,4 +189,47 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// Hands what the broker receives to the service it is for.
+struct Dispatch {
+    /// Rooms' publications and presence, fallback frames.
+    chat: Arc<Chat>,
+    /// Notifications from other instances.
+    feed: Arc<Feed>,
+    /// Sign-outs.
+    sessions: Arc<Sessions>,
+    /// This instance, whose own notifications its feed has already.
+    instance: String,
+}
+
+impl Handler for Dispatch {
+    fn publication(&self, room: &str, epoch: &str, publication: Publication) {
+        self.chat.on_publication(room, epoch, publication);
+    }
+
+    fn presence(&self, room: &str, change: PresenceChange) {
+        self.chat.on_presence(room, change);
+    }
+
+    fn control(&self, control: Control) {
+        match control {
+            Control::Feed { event, id, origin } => {
+                if origin != self.instance {
+                    self.feed.publish_remote(event, id);
+                }
+            }
+            Control::Revoked { sid, .. } => self.sessions.on_revoked(&sid),
+            Control::Frames {
+                conn,
+                user_id,
+                frames,
+            } => self.chat.on_frames(&conn, &user_id, frames),
+        }
+    }
+
+    fn reconnected(&self) {
+        self.chat.on_reconnected();
+        self.sessions.on_reconnected();
+    }
 }

@@ -15,8 +15,8 @@ use serde_json::json;
 
 use crate::protocol::{ErrorCode, FeedEvent};
 use crate::server::auth::{bearer_token, cookie_token};
-use crate::server::bus::{Bus, BusEvent};
 use crate::server::clock::now_ms;
+use crate::server::cluster::{Broker, Control, RETRY_UNAVAILABLE};
 use crate::server::feed::Feed;
 use crate::server::limits::{too_many_messages, RateLimits};
 use crate::server::metrics;
@@ -28,7 +28,7 @@ pub struct Notifier {
     /// Where they go on this instance.
     feed: Arc<Feed>,
     /// Where they go for the other instances.
-    bus: Bus,
+    broker: Arc<dyn Broker>,
     /// Checks tokens.
     sessions: Arc<Sessions>,
     /// The per-user message rate, shared with chat.
@@ -53,6 +53,8 @@ pub enum NotifyError {
     Invalid(String),
     /// Over the user's rate limit.
     RateLimited(Duration),
+    /// The other instances cannot be reached: nothing was published.
+    Unavailable,
 }
 
 impl NotifyError {
@@ -62,6 +64,10 @@ impl NotifyError {
             NotifyError::Unauthorized(why) => why.clone(),
             NotifyError::Invalid(why) => why.clone(),
             NotifyError::RateLimited(wait) => too_many_messages(*wait),
+            NotifyError::Unavailable => {
+                "the other servers cannot be reached; nothing was published: try again shortly"
+                    .into()
+            }
         }
     }
 }
@@ -73,24 +79,31 @@ struct Body {
 }
 
 impl Notifier {
-    /// Notifications into `feed` (and over `bus`), from users `sessions`
-    /// verifies, within `limits`.
+    /// Notifications into `feed` (and through `broker` into every other
+    /// instance's), from users `sessions` verifies, within `limits`.
     pub fn new(
         feed: Arc<Feed>,
-        bus: Bus,
+        broker: Arc<dyn Broker>,
         sessions: Arc<Sessions>,
         limits: Arc<RateLimits>,
     ) -> Self {
         Notifier {
             feed,
-            bus,
+            broker,
             sessions,
             limits,
         }
     }
 
-    /// Publishes `text` as user `user_id` called `name`.
-    pub fn publish(&self, user_id: &str, name: &str, text: &str) -> Result<Published, NotifyError> {
+    /// Publishes `text` as user `user_id` called `name`, into every feed:
+    /// refused while the other instances cannot be reached, so that it is
+    /// never shown here alone as if everyone had it.
+    pub async fn publish(
+        &self,
+        user_id: &str,
+        name: &str,
+        text: &str,
+    ) -> Result<Published, NotifyError> {
         let text = text::message_text(text).map_err(|why| {
             metrics::invalid_message();
             NotifyError::Invalid(why)
@@ -98,6 +111,9 @@ impl Notifier {
         if let Err(wait) = self.limits.message(&Arc::from(user_id)) {
             metrics::rate_limited();
             return Err(NotifyError::RateLimited(wait));
+        }
+        if !*self.broker.reachable().borrow() {
+            return Err(NotifyError::Unavailable);
         }
         let id = uuid::Uuid::now_v7().simple().to_string();
         let event = FeedEvent::Notification {
@@ -108,10 +124,15 @@ impl Notifier {
             timestamp: now_ms(),
         };
         let event_id = self.feed.publish(event.clone());
-        self.bus.publish(BusEvent::Feed {
+        let control = Control::Feed {
             event,
             id: event_id,
-        });
+            origin: self.broker.instance().to_string(),
+        };
+        if self.broker.broadcast(&control).await.is_err() {
+            // Lost the others between the check and now: it is here only.
+            tracing::warn!("a notification could not reach the other instances");
+        }
         Ok(Published { id, event_id })
     }
 
@@ -128,7 +149,7 @@ impl Notifier {
             .verify(&token)
             .await
             .map_err(|e| NotifyError::Unauthorized(e.to_string()))?;
-        self.publish(&claims.sub, &claims.name, text)
+        self.publish(&claims.sub, &claims.name, text).await
     }
 }
 
@@ -139,6 +160,7 @@ impl NotifyError {
             NotifyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             NotifyError::Invalid(_) => StatusCode::BAD_REQUEST,
             NotifyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            NotifyError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -169,7 +191,7 @@ pub async fn post(
             )));
         }
     };
-    match notifier.publish(&claims.sub, &claims.name, &text) {
+    match notifier.publish(&claims.sub, &claims.name, &text).await {
         Ok(p) => (
             StatusCode::ACCEPTED,
             axum::Json(json!({ "id": p.id, "event_id": p.event_id })),
@@ -200,6 +222,19 @@ fn refuse(e: NotifyError) -> Response {
                 [(header::RETRY_AFTER, ms.div_ceil(1000).to_string())],
                 axum::Json(json!({
                     "code": ErrorCode::RateLimited,
+                    "message": message,
+                    "retry_after_ms": ms,
+                })),
+            )
+                .into_response()
+        }
+        NotifyError::Unavailable => {
+            let ms = RETRY_UNAVAILABLE.as_millis() as u64;
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, ms.div_ceil(1000).to_string())],
+                axum::Json(json!({
+                    "code": ErrorCode::Unavailable,
                     "message": message,
                     "retry_after_ms": ms,
                 })),

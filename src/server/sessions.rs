@@ -1,44 +1,48 @@
 //! Sign-in sessions across instances: a token is good only while its
 //! session has not been signed out, here or on any instance; signing out
-//! closes the session's open sockets everywhere (close code 4001).
+//! closes the session's open connections everywhere (close code 4001).
 //!
-//! [`Auth`] checks tokens and remembers the sessions this instance knows
-//! to be signed out; the bus tells the other instances (and keeps the
-//! sign-out in Redis for instances that start later).
+//! [`Auth`] checks tokens; [`Revocations`] knows which sessions were signed
+//! out, for every instance. A sign-out told by another instance arrives
+//! through [`Sessions::on_revoked`]; after a break in the link to the
+//! others, the sessions open here are asked about again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::auth::{Auth, AuthError, Claims};
-use crate::server::bus::{Bus, BusEvent, Incoming};
+use crate::server::cluster::Revocations;
 
-/// How often signed-out sessions whose tokens have expired anyway are forgotten.
+/// How often the sign-in limit's state of quiet addresses is forgotten.
 const UPKEEP: Duration = Duration::from_secs(10);
 
 /// The sessions service.
 pub struct Sessions {
-    /// Checks and issues tokens; remembers sign-outs.
+    /// Checks and issues tokens.
     auth: Arc<Auth>,
-    /// The other instances.
-    bus: Bus,
-    /// The sessions with sockets open on this instance, to close those
-    /// sockets when the session is signed out.
+    /// Signed-out sessions, across instances.
+    revocations: Arc<dyn Revocations>,
+    /// The sessions with connections open on this instance, to close those
+    /// connections when the session is signed out.
     open: Mutex<HashMap<Arc<str>, OpenSession>>,
+    /// Woken when the link to the other instances is back.
+    recheck: Notify,
 }
 
-/// A session with sockets open on this instance.
+/// A session with connections open on this instance.
 struct OpenSession {
-    /// Cancelled when the session is signed out: its sockets close.
+    /// Cancelled when the session is signed out: its connections close.
     signed_out: CancellationToken,
-    /// How many sockets it has here.
-    sockets: usize,
+    /// How many connections it has here.
+    connections: usize,
 }
 
-/// A socket's hold on its session: the signal that it was signed out; the
-/// session is forgotten with its last socket.
+/// A connection's hold on its session: the signal that it was signed out;
+/// the session is forgotten with its last connection.
 pub struct SessionHold {
     /// Where the hold is counted.
     sessions: Arc<Sessions>,
@@ -49,12 +53,13 @@ pub struct SessionHold {
 }
 
 impl Sessions {
-    /// Sessions of tokens checked by `auth`, signed out across `bus`.
-    pub fn new(auth: Arc<Auth>, bus: Bus) -> Sessions {
+    /// Sessions of tokens checked by `auth`, signed out through `revocations`.
+    pub fn new(auth: Arc<Auth>, revocations: Arc<dyn Revocations>) -> Sessions {
         Sessions {
             auth,
-            bus,
+            revocations,
             open: Mutex::new(HashMap::new()),
+            recheck: Notify::new(),
         }
     }
 
@@ -64,30 +69,37 @@ impl Sessions {
     }
 
     /// The claims of `token` if it is valid and its session was not signed
-    /// out, here or (with Redis) on any instance.
+    /// out, here or on any instance.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let claims = self.auth.verify(token)?;
-        if self.bus.is_revoked(&claims.sid).await {
-            self.auth.revoke(&claims.sid, claims.exp);
+        // While the others cannot be reached, what this instance knows is
+        // what counts (see docs/security.md).
+        if let Ok(true) = self.revocations.is_revoked(&claims.sid).await {
             return Err(AuthError::Invalid("the session was signed out".into()));
         }
         Ok(claims)
     }
 
-    /// Signs session `sid` (whose tokens expire at `exp`) out everywhere: its
-    /// token is refused from now on, and its open sockets close, on this
-    /// instance and (through the bus) on every other.
-    pub fn sign_out(&self, sid: &str, exp: u64) {
-        self.bus.revoke(sid, exp);
-        self.signed_out(sid, exp);
+    /// Signs session `sid` (whose tokens could be valid until `until`) out
+    /// everywhere: its tokens are refused from now on, and its open
+    /// connections close, here at once and on every other instance.
+    pub async fn sign_out(&self, sid: &str, until: u64) {
+        self.on_revoked(sid);
+        self.revocations.revoke(sid, until).await;
     }
 
-    /// Session `sid` was signed out (here, or another instance says so).
-    fn signed_out(&self, sid: &str, exp: u64) {
-        self.auth.revoke(sid, exp);
+    /// Session `sid` was signed out (here, or another instance says so):
+    /// its connections here close.
+    pub fn on_revoked(&self, sid: &str) {
         if let Some(open) = self.open().remove(sid) {
             open.signed_out.cancel();
         }
+    }
+
+    /// The link to the other instances is back: a sign-out told meanwhile
+    /// may not have arrived, so the sessions open here are asked about.
+    pub fn on_reconnected(&self) {
+        self.recheck.notify_one();
     }
 
     fn open(&self) -> MutexGuard<'_, HashMap<Arc<str>, OpenSession>> {
@@ -95,7 +107,7 @@ impl Sessions {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a socket of session `sid` until the hold is dropped.
+    /// Counts a connection of session `sid` until the hold is dropped.
     pub fn hold(self: &Arc<Self>, sid: &str) -> SessionHold {
         let mut open = self.open();
         let (sid, signed_out) = match open.get_key_value(sid) {
@@ -105,9 +117,9 @@ impl Sessions {
         open.entry(sid.clone())
             .or_insert_with(|| OpenSession {
                 signed_out: signed_out.clone(),
-                sockets: 0,
+                connections: 0,
             })
-            .sockets += 1;
+            .connections += 1;
         SessionHold {
             sessions: self.clone(),
             sid,
@@ -115,20 +127,23 @@ impl Sessions {
         }
     }
 
-    /// Applies sign-outs from other instances, and forgets expired ones,
-    /// until `shutdown`.
-    pub async fn run(self: Arc<Self>, mut incoming: Incoming, shutdown: CancellationToken) {
+    /// Asks about the open sessions after a reconnect, and forgets quiet
+    /// sign-in limits, until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut upkeep = tokio::time::interval(UPKEEP);
         upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = upkeep.tick() => self.auth.forget_expired(),
-                event = incoming.recv() => match event.as_deref() {
-                    Some(BusEvent::Revoked { sid, exp }) => self.signed_out(sid, *exp),
-                    Some(_) => {}
-                    None => return,
-                },
+                _ = upkeep.tick() => self.auth.forget_quiet(),
+                _ = self.recheck.notified() => {
+                    let sids: Vec<String> = self.open().keys().map(|s| s.to_string()).collect();
+                    if let Ok(revoked) = self.revocations.revoked_among(&sids).await {
+                        for sid in revoked {
+                            self.on_revoked(&sid);
+                        }
+                    }
+                }
             }
         }
     }
@@ -145,8 +160,8 @@ impl Drop for SessionHold {
     fn drop(&mut self) {
         let mut open = self.sessions.open();
         if let Some(session) = open.get_mut(&self.sid) {
-            session.sockets -= 1;
-            if session.sockets == 0 {
+            session.connections -= 1;
+            if session.connections == 0 {
                 open.remove(&self.sid);
             }
         }

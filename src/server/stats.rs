@@ -14,8 +14,10 @@ use tokio::time::{interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::Stats;
-use crate::server::bus::Bus;
+use std::sync::Arc;
+
 use crate::server::clock::now_ms;
+use crate::server::cluster::Broker;
 use crate::server::feed::{ping_frame, sse_response};
 use crate::server::metrics;
 
@@ -32,16 +34,16 @@ pub struct StatsState {
 }
 
 /// A channel holding the first sample.
-pub fn channel(bus: &Bus) -> (watch::Sender<Stats>, watch::Receiver<Stats>) {
+pub fn channel(broker: &dyn Broker) -> (watch::Sender<Stats>, watch::Receiver<Stats>) {
     let now = metrics::snapshot();
-    watch::channel(sample(&now, &now, PERIOD, bus))
+    watch::channel(sample(&now, &now, PERIOD, broker))
 }
 
 fn sample(
     prev: &metrics::Snapshot,
     now: &metrics::Snapshot,
     elapsed: Duration,
-    bus: &Bus,
+    broker: &dyn Broker,
 ) -> Stats {
     let secs = elapsed.as_secs_f64().max(1e-3);
     Stats {
@@ -50,12 +52,16 @@ fn sample(
         ws: now.open_ws,
         received_per_s: now.received.saturating_sub(prev.received) as f64 / secs,
         delivered_per_s: now.delivered.saturating_sub(prev.delivered) as f64 / secs,
-        broker: bus.describe().to_string(),
+        broker: broker.describe().to_string(),
     }
 }
 
 /// Samples the counters every [`PERIOD`] until `shutdown`.
-pub async fn run_sampler(tx: watch::Sender<Stats>, bus: Bus, shutdown: CancellationToken) {
+pub async fn run_sampler(
+    tx: watch::Sender<Stats>,
+    broker: Arc<dyn Broker>,
+    shutdown: CancellationToken,
+) {
     let mut tick = interval(PERIOD);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut prev = metrics::snapshot();
@@ -67,7 +73,7 @@ pub async fn run_sampler(tx: watch::Sender<Stats>, bus: Bus, shutdown: Cancellat
         }
         let now = metrics::snapshot();
         let at = tokio::time::Instant::now();
-        tx.send_replace(sample(&prev, &now, at - prev_at, &bus));
+        tx.send_replace(sample(&prev, &now, at - prev_at, broker.as_ref()));
         (prev, prev_at) = (now, at);
     }
 }

@@ -13,6 +13,17 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{Server, WAIT};
 
+/// A `client_id` no other message of this test process has.
+pub fn client_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// The secret every chat test server is started with.
 pub const SECRET: &str = "a test secret that is long enough for HS256";
 
@@ -202,11 +213,12 @@ impl Client {
     }
 
     /// The next JSON frame from the server that is not a `presence` change
-    /// (those come on their own schedule; see [`Client::joined_seen`]).
+    /// (those come on their own schedule; see [`Client::joined_seen`]) or
+    /// an `ack` (the sender's bookkeeping; see [`Client::say_acked`]).
     pub async fn recv(&mut self) -> Value {
         loop {
             let v = self.recv_any().await;
-            if v["type"] != "presence" {
+            if v["type"] != "presence" && v["type"] != "ack" {
                 return v;
             }
         }
@@ -249,10 +261,29 @@ impl Client {
         v
     }
 
-    /// Says `text` in `room`.
-    pub async fn say(&mut self, room: &str, text: &str) {
-        self.send(json!({ "type": "message", "room": room, "text": text }))
+    /// Says `text` in `room`, with a fresh `client_id`; returns it.
+    pub async fn say(&mut self, room: &str, text: &str) -> String {
+        let id = client_id();
+        self.say_as(room, text, &id).await;
+        id
+    }
+
+    /// Says `text` in `room` with the given `client_id`.
+    pub async fn say_as(&mut self, room: &str, text: &str, client_id: &str) {
+        self.send(json!({ "type": "message", "room": room, "text": text, "client_id": client_id }))
             .await;
+    }
+
+    /// Says `text` in `room` and waits for its `ack` (other frames that come
+    /// first are dropped); the ack.
+    pub async fn say_acked(&mut self, room: &str, text: &str) -> Value {
+        let id = self.say(room, text).await;
+        loop {
+            let v = self.recv_any().await;
+            if (v["type"] == "ack" || v["type"] == "nack") && v["client_id"] == id.as_str() {
+                return v;
+            }
+        }
     }
 
     /// Waits until the server closes the connection; its close frame, if any.

@@ -1,59 +1,70 @@
-//! Chat and rooms over a WebSocket at `GET /ws`.
+//! Chat and rooms: the service behind both transports.
 //!
-//! - [`upgrade`] checks the origin and the token, then upgrades;
-//! - [`connection`] runs one socket: a reader loop here and a writer task
-//!   that drains the connection's bounded queue;
-//! - [`hub`] holds the rooms and delivers to their members.
+//! - [`gate`]: the checks every chat connection passes first (origin,
+//!   token, the user's cap);
+//! - [`client`]: one connection's life, written once over a
+//!   [`client::Transport`] (frames in, frames out);
+//! - [`ws`]: `GET /ws`, the WebSocket transport;
+//! - [`fallback`]: the HTTP fallback (SSE down, POST up) and its inboxes;
+//! - [`hub`] and [`room`]: this instance's rooms and fan-out to them;
+//! - [`outbox`]: a connection's byte-bounded queue.
+//!
+//! [`Chat`] holds the operations the transports' frames call (join, leave,
+//! say) over the shared [`Cluster`]: a message is published into the room's
+//! stream and comes back, from the broker, to every instance's hub, this
+//! one's included, in offset order. What the broker hands over arrives
+//! through [`Chat::on_publication`] and its siblings (called by the
+//! server's handler); gaps and lost streams are mended by this service's
+//! task ([`Chat::run`]).
 
-pub mod connection;
+pub mod client;
 pub mod fallback;
+pub mod gate;
 pub mod hub;
 pub mod outbox;
+mod room;
+pub mod ws;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Extension, FromRequestParts, OriginalUri, State};
-use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::protocol::{is_valid_room, ServerMessage, MAX_FRAME_BYTES};
-use crate::server::admission::{refusal, KeyedCounter};
-use crate::server::auth::{token_from, AuthError, Claims};
-use crate::server::bus::{Bus, BusEvent, BusStatus, Incoming};
+use crate::protocol::{
+    ChatMessage, ClientMessage, ErrorCode, ServerMessage, StreamPosition, HISTORY_BYTES,
+    HISTORY_LEN,
+};
+use crate::server::admission::KeyedCounter;
 use crate::server::clock::now_ms;
+use crate::server::cluster::{
+    Broker, Cluster, IdempotencyKey, Presence, PresenceChange, Publication, Range, Unavailable,
+    RETRY_UNAVAILABLE,
+};
 use crate::server::config::{AppSettings, ChatTransport};
-use crate::server::forwarded::is_own_origin;
 use crate::server::limits::RateLimits;
-use crate::server::listener::Admitted;
 use crate::server::metrics;
-use crate::server::presence::Presence;
 use crate::server::sessions::Sessions;
-use hub::{ConnId, Hub, User};
+use hub::{Admission, ConnId, Hub, JoinAnswer, User};
 use outbox::Outbox;
+use room::Arrival;
 
-/// How many bytes of frames a connection's writer gathers before it must
-/// write (it also writes whenever its queue runs dry).
-const WRITE_BATCH_BYTES: usize = 16 * 1024;
-
-/// Everything the WebSocket endpoint needs, shared by all connections.
+/// Everything the chat endpoints share.
 pub struct Chat {
-    /// This instance's rooms and their members.
+    /// This instance's rooms and their connections.
     hub: Hub,
-    /// The other instances (in-process: none).
-    bus: Bus,
+    /// Rooms' streams and the other instances.
+    broker: Arc<dyn Broker>,
     /// Who is in which room across instances.
-    presence: Presence,
+    presence: Arc<dyn Presence>,
     /// Tokens and sign-outs.
     sessions: Arc<Sessions>,
     /// Per-user message and join/leave rates.
     limits: Arc<RateLimits>,
-    /// Open sockets per user.
+    /// Open connections per user.
     sockets_per_user: Arc<KeyedCounter<Arc<str>>>,
     /// Origins allowed to connect; empty means the site's own.
     allowed_origins: Vec<String>,
@@ -65,41 +76,65 @@ pub struct Chat {
     ping_interval: Duration,
     /// Bytes that may wait in one connection's outbound queue.
     queue_bytes: usize,
+    /// Most publications a join recovers (`PULSE_RECOVERY_MAX`).
+    recovery_max: usize,
+    /// How long a member who lost their last connection stays present
+    /// (`PULSE_PRESENCE_GRACE`).
+    presence_grace: Duration,
+    /// How often presence entries are renewed and expired ones swept.
+    presence_period: Duration,
     /// Source of connection ids.
     next_id: AtomicU64,
-    /// Cancelled at shutdown: every socket closes with 1001.
+    /// Cancelled at shutdown: every connection closes (1001).
     shutdown: CancellationToken,
-    /// Tracks every open socket. Once upgraded, a socket is no longer
-    /// axum's, so the server waits on this at shutdown for the close frames
-    /// to go out.
+    /// Tracks every open connection, so that the server waits at shutdown
+    /// for their last frames to go out.
     sockets: TaskTracker,
     /// The HTTP fallback's connections held here, by name.
-    inboxes: std::sync::Mutex<std::collections::HashMap<String, fallback::Inbox>>,
+    inboxes: fallback::Inboxes,
+    /// Rooms whose stream must be read again (a gap, a new epoch, a
+    /// reconnect), for [`Chat::run`].
+    resyncs: mpsc::UnboundedSender<Resync>,
+    /// Its receiving end, taken once by [`Chat::run`].
+    resync_queue: Mutex<Option<mpsc::UnboundedReceiver<Resync>>>,
+}
+
+/// What to read again.
+enum Resync {
+    /// One room.
+    Room(String),
+    /// Every room followed here.
+    All,
 }
 
 /// What [`Chat::new`] is built from besides the settings.
 pub struct ChatParts {
-    /// The other instances.
-    pub bus: Bus,
-    /// Presence across instances.
-    pub presence: Presence,
+    /// The shared services.
+    pub cluster: Cluster,
     /// Tokens and sign-outs.
     pub sessions: Arc<Sessions>,
     /// Per-user rates (shared with notifications).
     pub limits: Arc<RateLimits>,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
-    /// Where sockets run.
+    /// Where connections run.
     pub sockets: TaskTracker,
 }
 
 impl Chat {
     /// The chat service for these settings.
     pub fn new(app: &AppSettings, parts: ChatParts) -> Self {
+        let broker = parts.cluster.broker;
+        let (resyncs, resync_queue) = mpsc::unbounded_channel();
         Chat {
-            hub: Hub::new(app.max_rooms, app.room_idle, app.rooms_per_user),
-            bus: parts.bus,
-            presence: parts.presence,
+            hub: Hub::new(
+                broker.clone(),
+                app.max_rooms,
+                app.room_idle,
+                app.rooms_per_user,
+            ),
+            broker,
+            presence: parts.cluster.presence,
             sessions: parts.sessions,
             limits: parts.limits,
             sockets_per_user: KeyedCounter::new(app.max_sockets_per_user),
@@ -108,10 +143,17 @@ impl Chat {
             http: app.transports.contains(&ChatTransport::Http),
             ping_interval: app.ws_ping_interval,
             queue_bytes: app.ws_queue_bytes,
+            recovery_max: app.recovery_max,
+            presence_grace: app.presence_grace,
+            presence_period: (app.presence_grace / 2)
+                .min(app.presence_ttl / 3)
+                .max(Duration::from_millis(100)),
             next_id: AtomicU64::new(1),
             shutdown: parts.shutdown,
             sockets: parts.sockets,
-            inboxes: std::sync::Mutex::new(std::collections::HashMap::new()),
+            inboxes: fallback::Inboxes::default(),
+            resyncs,
+            resync_queue: Mutex::new(Some(resync_queue)),
         }
     }
 
@@ -120,89 +162,234 @@ impl Chat {
         self.hub.room_count()
     }
 
-    /// Adds connection `id` of `user` to `room` and answers it with `joined`
-    /// (with several instances: the history and members of all of them), or
-    /// says why not.
+    /// A new connection id.
+    fn new_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Puts connection `id` of `user` into `room` and answers it with
+    /// `joined` (recovering from `since` when it can), or says why not.
     async fn join(
         &self,
         id: ConnId,
         user: &User,
         outbox: &Outbox,
         room: &str,
+        since: Option<StreamPosition>,
     ) -> Result<(), Box<ServerMessage>> {
-        // Boxed: the Redis round trips' state is large, and inline it would
-        // be part of every idle connection's task for its lifetime.
-        let shared = if self.bus.status() == BusStatus::Local || !is_valid_room(room) {
-            None
-        } else {
-            let member = user.member();
-            let (history, members) = Box::pin(async {
-                tokio::join!(self.bus.history(room), self.presence.enter(room, &member))
-            })
-            .await;
-            match (history, members) {
-                (Some(history), Some(members)) => Some((history, members)),
-                (_, Some(_)) => {
-                    self.presence.leave(room, &member);
-                    None
-                }
-                _ => None,
+        let member = user.member();
+        let subscribed = match self.hub.admit(id, user, outbox, room)? {
+            Admission::Joining(subscribed) => subscribed,
+            Admission::AlreadyIn => {
+                let entered = self.presence.enter(room, &member).await;
+                let entered = entered.map_err(|_| unavailable_error())?;
+                self.hub.answer_again(id, room, entered.members);
+                return Ok(());
             }
         };
-        let marked_present = shared.is_some();
-        let joined = self.hub.join(id, user, outbox, room, shared);
-        if joined.is_err() && marked_present {
-            // The room could not be created here, so none of this user's
-            // connections is in it: undo the mark.
-            self.presence.leave(room, &user.member());
+        // Subscribed before the stream is read: what is published from now
+        // on arrives live, and the hub merges the two by offset.
+        let mut entered = None;
+        let read = async {
+            subscribed.await?;
+            entered = Some(self.presence.enter(room, &member).await?);
+            self.read_for_join(room, since).await
         }
-        joined
+        .await;
+        let ((history, top, recovered), entered) = match (read, entered) {
+            (Ok(read), Some(entered)) => (read, entered),
+            (_, entered) => {
+                if self.hub.remove(id, room) == Some(true) && entered.is_some() {
+                    let _ = self.presence.leave(room, &member, None).await;
+                }
+                return Err(Box::new(unavailable_error()));
+            }
+        };
+        let answer = JoinAnswer {
+            members: entered.members,
+            history,
+            top,
+            recovered,
+        };
+        if self.hub.complete(id, room, answer) == Arrival::Resync {
+            self.resync(room);
+        }
+        if entered.first {
+            let change = PresenceChange::Joined { member };
+            if self.broker.publish_presence(room, &change).await.is_err() {
+                tracing::debug!(room, "could not tell the room of a join");
+            }
+        }
+        Ok(())
     }
 
-    /// Posts `text` by `user` in `room`, here and on every instance.
-    fn say(&self, id: ConnId, user: &User, room: &str, text: &str) {
-        if let Some(message) = self.hub.say(id, user, room, text) {
-            self.bus.remember(&message);
-            self.bus.publish(BusEvent::Room {
-                room: room.to_string(),
-                msg: ServerMessage::Message(message),
-            });
+    /// What a join sends: exactly what came after `since` if that can be
+    /// had whole (and is no more than `PULSE_RECOVERY_MAX`), else the recent
+    /// history; with the stream's top, and whether it recovered.
+    async fn read_for_join(
+        &self,
+        room: &str,
+        since: Option<StreamPosition>,
+    ) -> Result<(Vec<ChatMessage>, StreamPosition, bool), Unavailable> {
+        if let Some(since) = since {
+            let after = Range::After(since.offset, self.recovery_max);
+            let read = self.broker.history(room, after).await?;
+            if read.is_whole_after(&since) {
+                return Ok((decode_all(room, read.publications), read.top, true));
+            }
         }
+        let read = self
+            .broker
+            .history(room, Range::Latest(HISTORY_LEN))
+            .await?;
+        Ok((recent(decode_all(room, read.publications)), read.top, false))
+    }
+
+    /// Takes connection `id` out of `room`, answering it with `left`; false
+    /// if it was not in the room.
+    async fn leave(&self, id: ConnId, user: &User, outbox: &Outbox, room: &str) -> bool {
+        let Some(last) = self.hub.remove(id, room) else {
+            return false;
+        };
+        outbox.send(&ServerMessage::Left {
+            room: room.to_string(),
+        });
+        if last {
+            let member = user.member();
+            if let Ok(true) = self.presence.leave(room, &member, None).await {
+                let change = PresenceChange::Left { member };
+                let _ = self.broker.publish_presence(room, &change).await;
+            }
+        }
+        true
+    }
+
+    /// Takes a connection that went away out of its rooms. Its user stays
+    /// present for the grace: a reconnect within it changes nothing for the
+    /// others; if none comes, the presence sweep tells them.
+    async fn disconnect(&self, id: ConnId, user: &User, rooms: &BTreeSet<String>) {
+        let member = user.member();
+        for room in rooms {
+            if self.hub.remove(id, room) == Some(true) {
+                let grace = Some(self.presence_grace);
+                // While Redis is down the entry expires by itself instead.
+                let _ = self.presence.leave(room, &member, grace).await;
+            }
+        }
+    }
+
+    /// Publishes `text` by `user` in `room` (once per `client_id`): `ack`
+    /// with its offset, or `nack` when it could not be published.
+    async fn say(&self, user: &User, room: &str, text: &str, client_id: &str) -> ServerMessage {
+        let message = ChatMessage {
+            room: room.to_string(),
+            offset: 0,
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            user_id: user.id.to_string(),
+            user: user.name.to_string(),
+            text: text.to_string(),
+            timestamp: now_ms(),
+            client_id: Some(client_id.to_string()),
+        };
+        // Serialising this plain struct cannot fail.
+        let data = serde_json::to_string(&message).unwrap_or_default();
+        let key = IdempotencyKey {
+            user_id: user.id.to_string(),
+            client_id: client_id.to_string(),
+        };
+        match self.broker.publish(room, &data, Some(&key)).await {
+            Ok(published) => ServerMessage::Ack {
+                room: room.to_string(),
+                client_id: client_id.to_string(),
+                offset: published.position.offset,
+            },
+            Err(Unavailable) => nack(
+                room,
+                client_id,
+                ErrorCode::Unavailable,
+                "the other servers cannot be reached; send it again later",
+                Some(RETRY_UNAVAILABLE),
+            ),
+        }
+    }
+
+    /// A publication from the broker (this instance's own included).
+    pub fn on_publication(&self, room: &str, epoch: &str, publication: Publication) {
+        metrics::publication_received();
+        let Some(message) = decode(room, &publication) else {
+            tracing::warn!(room, "ignoring an unreadable publication");
+            return;
+        };
+        if self.hub.arrive(room, epoch, message) == Arrival::Resync {
+            self.resync(room);
+        }
+    }
+
+    /// Someone entered or left a room, on any instance.
+    pub fn on_presence(&self, room: &str, change: PresenceChange) {
+        self.hub.presence(room, change);
+    }
+
+    /// Frames posted on another instance for a fallback connection held here.
+    pub fn on_frames(&self, conn: &str, user_id: &str, frames: Vec<ClientMessage>) {
+        self.inboxes.deliver_crossed(conn, user_id, frames);
+    }
+
+    /// The link to the other instances is back: read every followed room's
+    /// stream after its position, for what did not arrive meanwhile.
+    pub fn on_reconnected(&self) {
+        let _ = self.resyncs.send(Resync::All);
+    }
+
+    fn resync(&self, room: &str) {
+        let _ = self.resyncs.send(Resync::Room(room.to_string()));
     }
 
     /// Runs the chat's background work until shutdown: presence changes
-    /// gathered every [`hub::PRESENCE_INTERVAL`] and published; room frames
-    /// from other instances delivered; presence refreshed and the members of
-    /// dead instances announced gone; idle rooms dropped every `every`.
-    pub async fn run(self: Arc<Self>, mut incoming: Incoming, every: Duration) {
-        let mut presence = tokio::time::interval(hub::PRESENCE_INTERVAL);
-        presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut refresh = tokio::time::interval(self.presence.period());
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep = tokio::time::interval(every);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// sent every [`hub::PRESENCE_INTERVAL`]; presence renewed and swept
+    /// (and who is gone told); rooms' streams read again where they must
+    /// be; idle rooms dropped every `every`.
+    pub async fn run(self: Arc<Self>, every: Duration) {
+        let Some(mut resyncs) = self.resync_queue.lock().ok().and_then(|mut q| q.take()) else {
+            return;
+        };
+        let tick = |period| {
+            let mut t = tokio::time::interval(period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        };
+        let mut presence = tick(hub::PRESENCE_INTERVAL);
+        let mut sweep_presence = tick(self.presence_period);
+        let mut sweep = tick(every);
+        let mut retry = tick(RETRY_UNAVAILABLE);
+        // Rooms whose read failed (Redis down): tried again every second.
+        let mut failed = BTreeSet::new();
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = presence.tick() => self.publish_presence(),
-                event = incoming.recv() => match event.as_deref() {
-                    Some(BusEvent::Room { room, msg }) => self.hub.deliver_remote(room, msg),
-                    Some(BusEvent::Frames { conn, user_id, frames }) => {
-                        // Posted on another instance for a connection held here.
-                        let _ = self.deliver(conn, user_id, frames.clone());
+                _ = presence.tick() => self.hub.flush_presence(),
+                _ = sweep_presence.tick() => self.sweep_presence().await,
+                resync = resyncs.recv() => {
+                    let mut rooms = BTreeSet::new();
+                    let mut next = resync;
+                    while let Some(resync) = next {
+                        match resync {
+                            Resync::Room(room) => { rooms.insert(room); }
+                            Resync::All => rooms.extend(self.hub.followed()),
+                        }
+                        next = resyncs.try_recv().ok();
                     }
-                    Some(_) => {}
-                    None => return,
-                },
-                _ = refresh.tick() => {
-                    let local = self.hub.local_presence();
-                    for (room, member) in self.presence.refresh(&local).await {
-                        self.hub.deliver_remote(&room, &ServerMessage::Presence {
-                            room: room.clone(),
-                            joined: Vec::new(),
-                            left: vec![member],
-                            timestamp: now_ms(),
-                        });
+                    for room in rooms {
+                        if self.resync_room(&room).await.is_err() {
+                            failed.insert(room);
+                        }
+                    }
+                }
+                _ = retry.tick(), if !failed.is_empty() => {
+                    for room in std::mem::take(&mut failed) {
+                        if self.resync_room(&room).await.is_err() {
+                            failed.insert(room);
+                        }
                     }
                 }
                 _ = sweep.tick() => {
@@ -216,197 +403,108 @@ impl Chat {
         }
     }
 
-    /// Sends the gathered presence changes to local members and the other
-    /// instances, and takes those who left off the shared presence.
-    fn publish_presence(&self) {
-        for (room, frame) in self.hub.flush_presence() {
-            if let ServerMessage::Presence { left, .. } = &frame {
-                for member in left {
-                    self.presence.leave(&room, member);
-                }
-            }
-            self.bus.publish(BusEvent::Room { room, msg: frame });
-        }
-    }
-
-    /// Whether a browser page from `origin` may open a socket on `host`.
-    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        if self.allowed_origins.is_empty() {
-            is_own_origin(origin, host)
+    /// Reads `room`'s stream after the room's position: what was missed is
+    /// delivered; if it cannot be had whole, every member starts over.
+    async fn resync_room(&self, room: &str) -> Result<(), Unavailable> {
+        let Some(from) = self.hub.position(room) else {
+            return Ok(()); // not followed (or its first join is under way)
+        };
+        let read = self
+            .broker
+            .history(room, Range::After(from.offset, self.recovery_max))
+            .await?;
+        let arrival = if read.is_whole_after(&from) {
+            metrics::stream_resynced("filled");
+            self.hub
+                .fill(room, &from, decode_all(room, read.publications))
         } else {
-            let origin = origin.trim_end_matches('/');
-            self.allowed_origins.iter().any(|o| o == origin)
+            let recent = self
+                .broker
+                .history(room, Range::Latest(HISTORY_LEN))
+                .await?;
+            let members = self.presence.members(room).await?;
+            tracing::info!(room, "stream lost or too far behind: members start over");
+            metrics::stream_resynced("reset");
+            let history = self::recent(decode_all(room, recent.publications));
+            self.hub.reset(room, recent.top, history, members)
+        };
+        if arrival == Arrival::Resync {
+            self.resync(room);
+        }
+        Ok(())
+    }
+
+    /// Renews this instance's presence entries, sweeps expired ones, and
+    /// tells the rooms who is gone.
+    async fn sweep_presence(&self) {
+        let rooms = self.hub.followed();
+        if rooms.is_empty() {
+            return;
+        }
+        let here = self.hub.present_here();
+        let Ok(gone) = self.presence.sweep(&here, &rooms).await else {
+            return;
+        };
+        for (room, member) in gone {
+            let change = PresenceChange::Left { member };
+            let _ = self.broker.publish_presence(&room, &change).await;
         }
     }
 }
 
-/// `GET /ws`: 403 for a foreign origin, 401 without a valid token, 429 for a
-/// user who holds too many sockets, else the upgrade to a chat connection.
-pub async fn upgrade(
-    State(chat): State<Arc<Chat>>,
-    Extension(admitted): Extension<Admitted>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    ws: MaybeUpgrade,
-) -> Response {
-    if !chat.websocket {
-        return turned_off("WebSockets");
-    }
-    let claims = match identify(&chat, &admitted, &uri, &headers).await {
-        Ok(claims) => claims,
-        Err(refused) => return refused,
-    };
-    let ws = match ws.0 {
-        Ok(ws) => ws,
-        Err(rejection) => {
-            metrics::upgrade_rejected("not_websocket");
-            return rejection;
-        }
-    };
-    let Some((user, places)) = take_place(&chat, admitted, &claims) else {
-        return too_many_sockets();
-    };
-    let id = chat.next_id.fetch_add(1, Ordering::Relaxed);
-    // Counted from now, so a sign-out from here on closes the socket.
-    let session = chat.sessions.hold(&claims.sid);
-    // Frames up to 16 KiB are read; anything larger is refused by the codec
-    // (and the connection closed with 1009). Buffers are sized for chat frames,
-    // not tungstenite's 128 KiB defaults: idle sockets stay small (the read
-    // buffer grows for a larger frame and is the largest part of an idle
-    // connection; 1 KiB holds any ordinary chat frame). Frames the
-    // writer feeds are held up to WRITE_BATCH_BYTES and sent by one flush; the
-    // buffer only grows that far for a client that has a burst queued.
-    ws.max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .read_buffer_size(1024)
-        .write_buffer_size(WRITE_BATCH_BYTES)
-        .on_upgrade(move |socket| {
-            connection::run(socket, chat, id, user, session, claims.exp, places)
+/// The chat message a publication holds, at its offset.
+fn decode(room: &str, publication: &Publication) -> Option<ChatMessage> {
+    let mut message: ChatMessage = serde_json::from_str(&publication.data).ok()?;
+    message.room = room.to_string();
+    message.offset = publication.offset;
+    Some(message)
+}
+
+fn decode_all(room: &str, publications: Vec<Publication>) -> Vec<ChatMessage> {
+    publications
+        .iter()
+        .filter_map(|p| decode(room, p))
+        .collect()
+}
+
+/// The latest of `messages` that fit in [`HISTORY_BYTES`] of text and names.
+fn recent(mut messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    let mut bytes = 0;
+    let keep = messages
+        .iter()
+        .rev()
+        .take_while(|m| {
+            bytes += m.text.len() + m.user.len();
+            bytes <= HISTORY_BYTES
         })
+        .count();
+    messages.drain(..messages.len() - keep);
+    messages
 }
 
-/// The first checks of every chat connection, whatever its transport: 403
-/// for a foreign origin (a cookie must never let another site in), 401
-/// without a valid token. The host is the one the client asked for (a
-/// trusted proxy's X-Forwarded-Host).
-async fn identify(
-    chat: &Chat,
-    admitted: &Admitted,
-    uri: &axum::http::Uri,
-    headers: &HeaderMap,
-) -> Result<Claims, Response> {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = admitted.client.host.as_deref();
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|origin| chat.origin_allowed(origin, host));
-        if !allowed {
-            metrics::upgrade_rejected("origin");
-            return Err((StatusCode::FORBIDDEN, "origin not allowed").into_response());
-        }
-    }
-    let verified = match token_from(headers, uri.query()) {
-        Some(token) => chat.sessions.verify(&token).await,
-        None => Err(AuthError::Missing),
-    };
-    verified.map_err(|e| {
-        metrics::upgrade_rejected(match e {
-            AuthError::Missing => "no_token",
-            AuthError::Invalid(_) => "bad_token",
-        });
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            e.to_string(),
-        )
-            .into_response()
-    })
-}
-
-/// One of the user's places (none when they hold as many connections as
-/// they may: answer [`too_many_sockets`]), with the places the connection
-/// was admitted with: it keeps them for its whole life.
-fn take_place(
-    chat: &Chat,
-    admitted: Admitted,
-    claims: &Claims,
-) -> Option<(User, connection::Places)> {
-    let user = User {
-        id: Arc::from(claims.sub.as_str()),
-        name: Arc::from(claims.name.as_str()),
-    };
-    let user_slot = chat.sockets_per_user.try_acquire(user.id.clone())?;
-    let places = connection::Places {
-        _connection: admitted.hold,
-        _stream: admitted.stream,
-        _user: user_slot,
-    };
-    Some((user, places))
-}
-
-/// 404: the operator turned this transport off (`PULSE_TRANSPORTS`).
-fn turned_off(what: &str) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        format!("{what} are turned off on this server"),
-    )
-        .into_response()
-}
-
-/// Tells one connection, whatever its transport, whether the other servers
-/// can be reached (`health` frames).
-pub(super) struct HealthWatch {
-    /// The bus's answer, as it changes.
-    reachable: tokio::sync::watch::Receiver<bool>,
-}
-
-impl HealthWatch {
-    /// Watches from now on; tells `outbox` at once if the other servers are
-    /// out of reach.
-    fn start(chat: &Chat, outbox: &Outbox) -> HealthWatch {
-        let mut reachable = chat.bus.reachable();
-        if !*reachable.borrow_and_update() {
-            outbox.send(&ServerMessage::Health {
-                other_servers: false,
-            });
-        }
-        HealthWatch { reachable }
-    }
-
-    /// The next change, as the frame that tells it (never, once the bus is
-    /// gone at shutdown).
-    async fn changed(&mut self) -> ServerMessage {
-        if self.reachable.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        ServerMessage::Health {
-            other_servers: *self.reachable.borrow_and_update(),
-        }
+/// The refusal of a join or frame while the other servers cannot be reached.
+fn unavailable_error() -> ServerMessage {
+    ServerMessage::Error {
+        code: ErrorCode::Unavailable,
+        message: "the other servers cannot be reached; try again shortly".into(),
+        retry_after_ms: Some(RETRY_UNAVAILABLE.as_millis() as u64),
     }
 }
 
-/// 429: the user holds as many connections as they may.
-fn too_many_sockets() -> Response {
-    metrics::refused("per_user");
-    metrics::upgrade_rejected("per_user");
-    refusal(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too many open sockets for this user",
-    )
-}
-
-/// The upgrade, or the response that says why the request is not one; taken
-/// this way so that auth is checked (and answered) before the upgrade headers.
-pub struct MaybeUpgrade(Result<WebSocketUpgrade, Response>);
-
-impl<S: Send + Sync> FromRequestParts<S> for MaybeUpgrade {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(MaybeUpgrade(
-            WebSocketUpgrade::from_request_parts(parts, state)
-                .await
-                .map_err(IntoResponse::into_response),
-        ))
+/// A `nack` for `client_id`.
+fn nack(
+    room: &str,
+    client_id: &str,
+    code: ErrorCode,
+    message: impl Into<String>,
+    retry_after: Option<Duration>,
+) -> ServerMessage {
+    metrics::nacked(code.as_str());
+    ServerMessage::Nack {
+        room: room.to_string(),
+        client_id: client_id.to_string(),
+        code,
+        message: message.into(),
+        retry_after_ms: retry_after.map(|wait| wait.as_millis().max(1) as u64),
     }
 }

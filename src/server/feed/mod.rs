@@ -16,7 +16,6 @@ use tokio::time::{interval, interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{FeedEvent, FeedItem, RECENT_NOTIFICATIONS};
-use crate::server::bus::{BusEvent, Incoming};
 use crate::server::clock::now_ms;
 
 mod stream;
@@ -279,10 +278,10 @@ fn encode(event: &FeedEvent) -> String {
 
 /// Runs the feed until `shutdown`: one ticker (an update every `period` and a
 /// heartbeat every `keep_alive`, for all streams at once, no timer per
-/// connection), and the notifications other instances publish.
+/// connection), and the other instances' reachability told to every stream.
+/// (Notifications from other instances come through [`Feed::publish_remote`].)
 pub async fn run(
     feed: Arc<Feed>,
-    mut incoming: Incoming,
     mut reachable: tokio::sync::watch::Receiver<bool>,
     period: Duration,
     keep_alive: Duration,
@@ -304,13 +303,6 @@ pub async fn run(
             changed = reachable.changed(), if !bus_gone => match changed {
                 Ok(()) => feed.set_reachable(*reachable.borrow_and_update()),
                 Err(_) => bus_gone = true,
-            },
-            event = incoming.recv() => match event.as_deref() {
-                Some(BusEvent::Feed { event, id }) => {
-                    feed.publish_remote(event.clone(), *id);
-                }
-                Some(_) => {}
-                None => break,
             },
         }
     }

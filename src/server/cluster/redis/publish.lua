@@ -1,0 +1,49 @@
+-- Appends one publication to a room's stream and publishes it, atomically,
+-- so that the offset order is the order every subscriber receives.
+--
+-- KEYS[1] the stream, KEYS[2] its meta hash (e: epoch, s: top offset,
+--         b: bytes kept), KEYS[3] the idempotency key (unused if ARGV[6] is 0)
+-- ARGV[1] the data, ARGV[2] most publications kept, ARGV[3] most bytes kept,
+-- ARGV[4] TTL of the stream (ms), ARGV[5] the room's channel,
+-- ARGV[6] dedup window (ms, 0: no key), ARGV[7] an epoch for a new stream,
+-- ARGV[8] the publish command (PUBLISH or SPUBLISH)
+-- Returns {epoch, offset, duplicate (0/1)}.
+if ARGV[6] ~= '0' then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local sep = string.find(seen, ':', 1, true)
+    return {string.sub(seen, 1, sep - 1), tonumber(string.sub(seen, sep + 1)), 1}
+  end
+end
+local epoch = redis.call('HGET', KEYS[2], 'e')
+if not epoch then
+  -- A new stream (or its meta was lost: what is left of the old one goes).
+  epoch = ARGV[7]
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[2], 'e', epoch, 's', 0, 'b', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[2], 's', 1)
+redis.call('XADD', KEYS[1], offset .. '-0', 'd', ARGV[1])
+local len = redis.call('XLEN', KEYS[1])
+local bytes
+if len == 1 then
+  -- The stream was empty (new, expired or evicted): count afresh.
+  bytes = string.len(ARGV[1])
+  redis.call('HSET', KEYS[2], 'b', bytes)
+else
+  bytes = redis.call('HINCRBY', KEYS[2], 'b', string.len(ARGV[1]))
+end
+local most, most_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+while len > 1 and (len > most or bytes > most_bytes) do
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  redis.call('XDEL', KEYS[1], oldest[1])
+  bytes = redis.call('HINCRBY', KEYS[2], 'b', -string.len(oldest[2][2]))
+  len = len - 1
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call(ARGV[8], ARGV[5], 'p|' .. epoch .. '|' .. offset .. '|' .. ARGV[1])
+if ARGV[6] ~= '0' then
+  redis.call('SET', KEYS[3], epoch .. ':' .. offset, 'PX', ARGV[6])
+end
+return {epoch, offset, 0}
