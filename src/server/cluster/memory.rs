@@ -5,7 +5,7 @@
 //! Everything is lost with the process: a restart starts every stream in a
 //! new epoch.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ pub fn connect(limits: StreamLimits) -> Cluster {
         limits,
         instance: format!("local-{:08x}", fastrand::u32(..)),
         handler: OnceLock::new(),
+        subscribed: Mutex::new(HashSet::new()),
         streams: Mutex::new(HashMap::new()),
         presence: Mutex::new(HashMap::new()),
         revoked: Mutex::new(HashMap::new()),
@@ -52,6 +53,8 @@ struct Shared {
     instance: String,
     /// Where publications go (set by [`Broker::run`]).
     handler: OnceLock<Arc<dyn Handler>>,
+    /// The rooms whose publications and presence changes are handed over.
+    subscribed: Mutex<HashSet<String>>,
     /// Every room's stream, by room.
     streams: Mutex<HashMap<String, Stream>>,
     /// Every room's members, by room then user id.
@@ -95,6 +98,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     fn handler(&self) -> Option<&Arc<dyn Handler>> {
         self.handler.get()
+    }
+
+    /// The handler, if `room` is subscribed.
+    fn handler_of(&self, room: &str) -> Option<&Arc<dyn Handler>> {
+        lock(&self.subscribed)
+            .contains(room)
+            .then(|| self.handler())
+            .flatten()
     }
 
     /// The room's stream, created (or started anew once expired) if needed.
@@ -197,7 +208,7 @@ impl Broker for MemoryBroker {
             offset: stream.top,
         };
         // Under the lock: the handler gets the room's publications in order.
-        if let Some(handler) = shared.handler() {
+        if let Some(handler) = shared.handler_of(room) {
             handler.publication(room, &position.epoch, publication);
         }
         Ok(Published {
@@ -231,19 +242,24 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn subscribe(&self, _rooms: &[String]) -> BoxFuture<'static, Result<(), Unavailable>> {
-        // Everything is handed to this instance already.
+    fn subscribe(&self, rooms: &[String]) -> BoxFuture<'static, Result<(), Unavailable>> {
+        lock(&self.0.subscribed).extend(rooms.iter().cloned());
         Box::pin(async { Ok(()) })
     }
 
-    fn unsubscribe(&self, _rooms: &[String]) {}
+    fn unsubscribe(&self, rooms: &[String]) {
+        let mut subscribed = lock(&self.0.subscribed);
+        for room in rooms {
+            subscribed.remove(room);
+        }
+    }
 
     async fn publish_presence(
         &self,
         room: &str,
         change: &PresenceChange,
     ) -> Result<(), Unavailable> {
-        if let Some(handler) = self.0.handler() {
+        if let Some(handler) = self.0.handler_of(room) {
             handler.presence(room, change.clone());
         }
         Ok(())
