@@ -5,8 +5,11 @@
 //! too, so a reader can tell which side was the limit.
 //!
 //! Usage: pulse-bench SERVER_BINARY [SCENARIO...]
-//! Scenarios: fanout, fanout-http, floor, idle-ws, idle-sse, churn, front
-//! (default: all).
+//! Scenarios: fanout, fanout-http, floor, idle-ws, idle-sse, churn, front,
+//! and over a `redis-server` the bench starts (`cluster.rs`): recovery,
+//! publish-cost (default: all).
+
+mod cluster;
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -77,6 +80,11 @@ fn on_server_core(program: impl AsRef<std::ffi::OsStr>) -> Command {
 
 impl Server {
     async fn start(bin: &str) -> Res<Server> {
+        Self::start_env(bin, &[]).await
+    }
+
+    /// Starts the server with `env` besides the load test's settings.
+    async fn start_env(bin: &str, env: &[(&str, &str)]) -> Res<Server> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -94,6 +102,7 @@ impl Server {
             .env("PULSE_ROOMS_PER_USER", "1000000")
             .env("PULSE_METRICS_ADDR", "off")
             .env("RUST_LOG", "warn,pulse=info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
@@ -916,6 +925,8 @@ async fn main() -> Res<()> {
             "idle-sse",
             "churn",
             "front",
+            "recovery",
+            "publish-cost",
         ]
         .map(String::from)
         .to_vec();
@@ -929,6 +940,8 @@ async fn main() -> Res<()> {
             "idle-sse" => idle_sse(&bin).await?,
             "churn" => churn(&bin).await?,
             "front" => front(&bin).await?,
+            "recovery" => cluster::recovery(&bin).await?,
+            "publish-cost" => cluster::publish_cost(&bin).await?,
             other => return Err(format!("unknown scenario {other}").into()),
         }
     }

@@ -22,21 +22,22 @@ pub mod fallback;
 pub mod gate;
 pub mod hub;
 pub mod outbox;
+mod reads;
 mod room;
+mod upkeep;
 pub mod ws;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::protocol::{
-    ChatMessage, ClientMessage, ErrorCode, ServerMessage, StreamPosition, HISTORY_BYTES,
-    HISTORY_LEN,
+    ChatMessage, ClientMessage, ErrorCode, ServerMessage, StreamPosition, HISTORY_LEN,
 };
 use crate::server::admission::KeyedCounter;
 use crate::server::clock::now_ms;
@@ -50,6 +51,7 @@ use crate::server::metrics;
 use crate::server::sessions::Sessions;
 use hub::{Admission, ConnId, Hub, JoinAnswer, User};
 use outbox::Outbox;
+use reads::{decode, decode_all, recent};
 use room::Arrival;
 
 /// Everything the chat endpoints share.
@@ -97,6 +99,8 @@ pub struct Chat {
     resyncs: mpsc::UnboundedSender<Resync>,
     /// Its receiving end, taken once by [`Chat::run`].
     resync_queue: Mutex<Option<mpsc::UnboundedReceiver<Resync>>>,
+    /// Reads of rooms' streams under way, shared by joins that ask alike.
+    reads: reads::Reads,
 }
 
 /// What to read again.
@@ -154,6 +158,7 @@ impl Chat {
             inboxes: fallback::Inboxes::default(),
             resyncs,
             resync_queue: Mutex::new(Some(resync_queue)),
+            reads: reads::Reads::default(),
         }
     }
 
@@ -189,11 +194,12 @@ impl Chat {
         };
         // Subscribed before the stream is read: what is published from now
         // on arrives live, and the hub merges the two by offset.
+        let admitted = Instant::now();
         let mut entered = None;
         let read = async {
             subscribed.await?;
             entered = Some(self.presence.enter(room, &member).await?);
-            self.read_for_join(room, since).await
+            self.read_for_join(room, since, admitted).await
         }
         .await;
         let ((history, top, recovered), entered) = match (read, entered) {
@@ -225,24 +231,30 @@ impl Chat {
 
     /// What a join sends: exactly what came after `since` if that can be
     /// had whole (and is no more than `PULSE_RECOVERY_MAX`), else the recent
-    /// history; with the stream's top, and whether it recovered.
+    /// history; with the stream's top, and whether it recovered. Read at
+    /// some moment after `admitted` (when the joiner started to keep what
+    /// the room delivers).
     async fn read_for_join(
         &self,
         room: &str,
         since: Option<StreamPosition>,
+        admitted: Instant,
     ) -> Result<(Vec<ChatMessage>, StreamPosition, bool), Unavailable> {
         if let Some(since) = since {
             let after = Range::After(since.offset, self.recovery_max);
-            let read = self.broker.history(room, after).await?;
+            let read = self.reads.read(&self.broker, room, after, admitted).await?;
             if read.is_whole_after(&since) {
-                return Ok((decode_all(room, read.publications), read.top, true));
+                let history = decode_all(room, &read.publications);
+                return Ok((history, read.top.clone(), true));
             }
         }
+        let latest = Range::Latest(HISTORY_LEN);
         let read = self
-            .broker
-            .history(room, Range::Latest(HISTORY_LEN))
+            .reads
+            .read(&self.broker, room, latest, admitted)
             .await?;
-        Ok((recent(decode_all(room, read.publications)), read.top, false))
+        let history = recent(decode_all(room, &read.publications));
+        Ok((history, read.top.clone(), false))
     }
 
     /// Takes connection `id` out of `room`, answering it with `left`; false
@@ -344,142 +356,6 @@ impl Chat {
     fn resync(&self, room: &str) {
         let _ = self.resyncs.send(Resync::Room(room.to_string()));
     }
-
-    /// Runs the chat's background work until shutdown: presence changes
-    /// sent every [`hub::PRESENCE_INTERVAL`]; presence renewed and swept
-    /// (and who is gone told); rooms' streams read again where they must
-    /// be; idle rooms dropped every `every`.
-    pub async fn run(self: Arc<Self>, every: Duration) {
-        let Some(mut resyncs) = self.resync_queue.lock().ok().and_then(|mut q| q.take()) else {
-            return;
-        };
-        let tick = |period| {
-            let mut t = tokio::time::interval(period);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            t
-        };
-        let mut presence = tick(hub::PRESENCE_INTERVAL);
-        let mut sweep_presence = tick(self.presence_period);
-        let mut sweep = tick(every);
-        let mut retry = tick(RETRY_UNAVAILABLE);
-        // Rooms whose read failed (Redis down): tried again every second.
-        let mut failed = BTreeSet::new();
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = presence.tick() => self.hub.flush_presence(),
-                _ = sweep_presence.tick() => self.sweep_presence().await,
-                resync = resyncs.recv() => {
-                    let mut rooms = BTreeSet::new();
-                    let mut next = resync;
-                    while let Some(resync) = next {
-                        match resync {
-                            Resync::Room(room) => { rooms.insert(room); }
-                            Resync::All => rooms.extend(self.hub.followed()),
-                        }
-                        next = resyncs.try_recv().ok();
-                    }
-                    for room in rooms {
-                        if self.resync_room(&room).await.is_err() {
-                            failed.insert(room);
-                        }
-                    }
-                }
-                _ = retry.tick(), if !failed.is_empty() => {
-                    for room in std::mem::take(&mut failed) {
-                        if self.resync_room(&room).await.is_err() {
-                            failed.insert(room);
-                        }
-                    }
-                }
-                _ = sweep.tick() => {
-                    let dropped = self.hub.sweep();
-                    if dropped > 0 {
-                        tracing::debug!(dropped, "dropped idle rooms");
-                    }
-                    self.limits.forget_quiet();
-                }
-            }
-        }
-    }
-
-    /// Reads `room`'s stream after the room's position: what was missed is
-    /// delivered; if it cannot be had whole, every member starts over.
-    async fn resync_room(&self, room: &str) -> Result<(), Unavailable> {
-        let Some(from) = self.hub.position(room) else {
-            return Ok(()); // not followed (or its first join is under way)
-        };
-        let read = self
-            .broker
-            .history(room, Range::After(from.offset, self.recovery_max))
-            .await?;
-        let arrival = if read.is_whole_after(&from) {
-            metrics::stream_resynced("filled");
-            self.hub
-                .fill(room, &from, decode_all(room, read.publications))
-        } else {
-            let recent = self
-                .broker
-                .history(room, Range::Latest(HISTORY_LEN))
-                .await?;
-            let members = self.presence.members(room).await?;
-            tracing::info!(room, "stream lost or too far behind: members start over");
-            metrics::stream_resynced("reset");
-            let history = self::recent(decode_all(room, recent.publications));
-            self.hub.reset(room, recent.top, history, members)
-        };
-        if arrival == Arrival::Resync {
-            self.resync(room);
-        }
-        Ok(())
-    }
-
-    /// Renews this instance's presence entries, sweeps expired ones, and
-    /// tells the rooms who is gone.
-    async fn sweep_presence(&self) {
-        let rooms = self.hub.followed();
-        if rooms.is_empty() {
-            return;
-        }
-        let here = self.hub.present_here();
-        let Ok(gone) = self.presence.sweep(&here, &rooms).await else {
-            return;
-        };
-        for (room, member) in gone {
-            let change = PresenceChange::Left { member };
-            let _ = self.broker.publish_presence(&room, &change).await;
-        }
-    }
-}
-
-/// The chat message a publication holds, at its offset.
-fn decode(room: &str, publication: &Publication) -> Option<ChatMessage> {
-    let mut message: ChatMessage = serde_json::from_str(&publication.data).ok()?;
-    message.room = room.to_string();
-    message.offset = publication.offset;
-    Some(message)
-}
-
-fn decode_all(room: &str, publications: Vec<Publication>) -> Vec<ChatMessage> {
-    publications
-        .iter()
-        .filter_map(|p| decode(room, p))
-        .collect()
-}
-
-/// The latest of `messages` that fit in [`HISTORY_BYTES`] of text and names.
-fn recent(mut messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
-    let mut bytes = 0;
-    let keep = messages
-        .iter()
-        .rev()
-        .take_while(|m| {
-            bytes += m.text.len() + m.user.len();
-            bytes <= HISTORY_BYTES
-        })
-        .count();
-    messages.drain(..messages.len() - keep);
-    messages
 }
 
 /// The refusal of a join or frame while the other servers cannot be reached.

@@ -48,7 +48,7 @@ pub struct IdempotencyKey {
 }
 
 /// Which publications of a stream to read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Range {
     /// The latest `n`, oldest first.
     Latest(usize),

@@ -190,11 +190,17 @@ impl Broker for MemoryBroker {
         };
         stream.bytes += data.len();
         stream.kept.push_back(publication.clone());
-        while stream.kept.len() > 1
-            && (stream.kept.len() > limits.size || stream.bytes > limits.bytes)
-        {
-            if let Some(gone) = stream.kept.pop_front() {
-                stream.bytes -= gone.data.len();
+        // Trimmed as the Redis script does: once over the count by a
+        // sixteenth (or over the bytes), down to the count and fifteen
+        // sixteenths of the bytes.
+        if stream.kept.len() > limits.size + limits.size / 16 || stream.bytes > limits.bytes {
+            let keep_bytes = limits.bytes - limits.bytes / 16;
+            while stream.kept.len() > 1
+                && (stream.kept.len() > limits.size || stream.bytes > keep_bytes)
+            {
+                if let Some(gone) = stream.kept.pop_front() {
+                    stream.bytes -= gone.data.len();
+                }
             }
         }
         if let Some(key) = key {

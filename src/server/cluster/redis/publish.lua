@@ -33,12 +33,34 @@ if len == 1 then
 else
   bytes = redis.call('HINCRBY', KEYS[2], 'b', string.len(ARGV[1]))
 end
+-- Trimmed in batches, oldest first, always keeping the newest: once over
+-- the count by a sixteenth (or over the bytes), down to the count and to
+-- fifteen sixteenths of the bytes, so that most publishes trim nothing.
 local most, most_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
-while len > 1 and (len > most or bytes > most_bytes) do
-  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
-  redis.call('XDEL', KEYS[1], oldest[1])
-  bytes = redis.call('HINCRBY', KEYS[2], 'b', -string.len(oldest[2][2]))
-  len = len - 1
+if len > most + math.floor(most / 16) or bytes > most_bytes then
+  local keep_bytes = most_bytes - math.floor(most_bytes / 16)
+  local gone, last = 0, nil
+  while len > 1 and (len > most or bytes > keep_bytes) do
+    local batch = redis.call('XRANGE', KEYS[1], last and ('(' .. last) or '-', '+', 'COUNT', 64)
+    if #batch == 0 then
+      break
+    end
+    for _, entry in ipairs(batch) do
+      if len <= 1 or (len <= most and bytes <= keep_bytes) then
+        break
+      end
+      bytes = bytes - string.len(entry[2][2])
+      len = len - 1
+      gone = gone + 1
+      last = entry[1]
+    end
+  end
+  if gone > 0 then
+    -- Every entry up to the last one counted goes, in one command.
+    local through = tonumber(string.match(last, '^(%d+)'))
+    redis.call('XTRIM', KEYS[1], 'MINID', (through + 1) .. '-0')
+    redis.call('HSET', KEYS[2], 'b', bytes)
+  end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
