@@ -389,14 +389,23 @@ async fn with_redis_instances_share_streams_presence_and_revocations() {
         assert_eq!(position.offset, i + 1);
         epoch = position.epoch;
     }
-    let publications = |all: Vec<Got>| -> Vec<Got> {
-        all.into_iter()
-            .filter(|g| matches!(g, Got::Publication(..)))
-            .collect()
+    // (Other instances' warm-ups may come among them.)
+    let publications = async |instance: &Instance| {
+        let mut seen = Vec::new();
+        eventually("10 publications handed over", async || {
+            seen.extend(
+                instance
+                    .got
+                    .take()
+                    .into_iter()
+                    .filter(|g| matches!(g, Got::Publication(..))),
+            );
+            (seen.len() >= 10).then(|| seen.clone())
+        })
+        .await
     };
-    // (Other instances' warm-ups may come first.)
-    let on_a = publications(got(&a, 10).await);
-    let on_b = publications(got(&b, 10).await);
+    let on_a = publications(&a).await;
+    let on_b = publications(&b).await;
     assert_eq!(on_a.len(), 10);
     assert_eq!(on_a, on_b);
 

@@ -136,7 +136,8 @@ impl Link {
             answering: AtomicBool::new(false),
             handler: OnceLock::new(),
             said: Mutex::new((None, Instant::now())),
-            reachable: watch::channel(true).0,
+            // Not until the first check says so: /readyz answers 503 until then.
+            reachable: watch::channel(false).0,
         });
         let on_push = {
             let state = state.clone();
