@@ -1,7 +1,7 @@
 import { test, expect } from './fixtures';
 import { PulseServer } from './server';
 import { RedisServer } from './redis';
-import { say, texts } from './chat';
+import { input, say, texts } from './chat';
 
 let redis: RedisServer;
 let server: PulseServer;
@@ -54,11 +54,16 @@ test('with Redis down, the badges say the other servers are out of reach, and cl
   await redis.stop();
   await expect(status).toHaveText('Live · other servers unreachable');
   await expect(feedStatus).toHaveText('Live · other servers unreachable');
-  // This server's own members still talk.
-  await say(page, 'heard here only');
-  await expect(texts(page)).toHaveText(['heard here only']);
+  // Nothing is shown as sent that the other servers' members would not get:
+  // the message is refused (unavailable), and says so.
+  await input(page).fill('sent once they are back');
+  await input(page).press('Enter');
+  await expect(page.getByTestId('chat-error')).toContainText('cannot be reached');
+  await expect(texts(page)).toHaveCount(0);
 
   await redis.launch();
   await expect(status).toHaveText('Live', { timeout: 20_000 });
   await expect(feedStatus).toHaveText('Live');
+  await say(page, 'sent once they are back');
+  await expect(texts(page)).toHaveText(['sent once they are back']);
 });
