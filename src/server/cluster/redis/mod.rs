@@ -21,19 +21,20 @@
 mod broker;
 mod presence;
 mod revocations;
+mod subscriptions;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, Control, Handler, PresenceChange, Publication, StreamLimits, Unavailable};
 use crate::server::metrics;
+use subscriptions::{Rooms, Want};
 
 /// Period of the health check (and of connection attempts while down).
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -79,14 +80,6 @@ fn room_of_channel(channel: &str) -> Option<&str> {
 /// The channel of one instance.
 fn instance_channel(instance: &str) -> String {
     format!("pulse:to:{instance}")
-}
-
-/// A change to the rooms this instance is subscribed to.
-enum Want {
-    /// Subscribe; answer once it holds.
-    Rooms(Vec<String>, oneshot::Sender<Result<(), Unavailable>>),
-    /// Unsubscribe.
-    NotRooms(Vec<String>),
 }
 
 /// The connection, its health, and what arrives on it.
@@ -288,65 +281,6 @@ impl Link {
         let (receivers,) = self.query::<(u64,)>(&pipe).await?;
         metrics::broker_publish_latency(started.elapsed());
         Ok(receivers)
-    }
-}
-
-/// The room channels this instance is subscribed to, as the link's task
-/// keeps them.
-#[derive(Default)]
-struct Rooms {
-    /// Subscribed, as far as Redis confirmed.
-    subscribed: HashSet<String>,
-}
-
-impl Rooms {
-    /// Applies a batch of changes, in order: one `UNSUBSCRIBE` and one
-    /// `SUBSCRIBE` for all of them (a join storm costs two round trips, not
-    /// one a room), then answers whoever waits.
-    async fn apply(&mut self, link: &Link, batch: Vec<Want>) {
-        let mut wanted = self.subscribed.clone();
-        let mut waiting = Vec::new();
-        for want in batch {
-            match want {
-                Want::Rooms(rooms, done) => {
-                    wanted.extend(rooms);
-                    waiting.push(done);
-                }
-                Want::NotRooms(rooms) => {
-                    for room in rooms {
-                        wanted.remove(&room);
-                    }
-                }
-            }
-        }
-        let mut manager = link.manager.clone();
-        let gone: Vec<String> = self
-            .subscribed
-            .difference(&wanted)
-            .map(|room| room_channel(room))
-            .collect();
-        if !gone.is_empty() {
-            let _ = tokio::time::timeout(TIMEOUT, manager.unsubscribe(&gone)).await;
-        }
-        self.subscribed.retain(|room| wanted.contains(room));
-        let new: Vec<String> = wanted.difference(&self.subscribed).cloned().collect();
-        let answer = if new.is_empty() {
-            Ok(())
-        } else if !link.is_up() {
-            Err(Unavailable)
-        } else {
-            let channels: Vec<String> = new.iter().map(|room| room_channel(room)).collect();
-            match tokio::time::timeout(TIMEOUT, manager.subscribe(&channels)).await {
-                Ok(Ok(())) => {
-                    self.subscribed.extend(new);
-                    Ok(())
-                }
-                _ => Err(Unavailable),
-            }
-        };
-        for done in waiting {
-            let _ = done.send(answer);
-        }
     }
 }
 
