@@ -148,6 +148,36 @@ async fn message_text_may_not_carry_control_characters() {
 }
 
 #[tokio::test]
+async fn bidi_controls_that_reorder_what_others_see_are_refused() {
+    let server = ws::start(&[]).await;
+    let mut ada = Client::connect(&server, "Ada").await;
+    let mut bob = Client::connect(&server, "Bob").await;
+    ada.join("general").await;
+    bob.join("general").await;
+    for bad in [
+        "invoice_\u{202E}fdp.exe",
+        "a\u{2066}b\u{2069}",
+        "x\u{202A}y",
+    ] {
+        ada.say("general", bad).await;
+        let refused = ada.recv().await;
+        assert_eq!(refused["type"], "nack", "{bad:?}: {refused}");
+        assert_eq!(refused["code"], "invalid_message", "{bad:?}: {refused}");
+    }
+    // Nothing reached Bob; right-to-left text itself does.
+    ada.say("general", "שלום").await;
+    assert_eq!(bob.recv_type("message").await["text"], "שלום");
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/notifications", server.url))
+        .header("authorization", format!("Bearer {}", token("Ada")))
+        .body("{\"text\":\"invoice_\\u202efdp.exe\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
 async fn cross_site_requests_are_refused_and_same_site_ones_accepted() {
     let server = ws::start(&[]).await;
     let http = reqwest::Client::new();

@@ -312,6 +312,37 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_counted() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_the_rfc_7239_forwarded_header_is_believed_too() {
+    let server = Server::start(&[
+        ("PULSE_TRUSTED_PROXIES", "127.0.0.1"),
+        ("PULSE_MAX_CONNECTIONS_PER_IP", "1"),
+    ])
+    .await;
+    // Several elements: the first written by the client, the last by the
+    // proxy that spoke to it (a quoted IPv6 address with a port).
+    let via = |client: &str| {
+        format!("{FEED}Forwarded: for=10.9.8.7;proto=https, for=\"{client}\";proto=http\r\n")
+    };
+    let mut a = connect_from(&server, "127.0.0.1").await;
+    assert_eq!(
+        status(&request(&mut a, &via("[2001:db8::1]:4711")).await),
+        200
+    );
+    let mut a2 = connect_from(&server, "127.0.0.1").await;
+    assert_eq!(
+        status(&request(&mut a2, &via("[2001:db8::1]:9")).await),
+        429
+    );
+    let mut b = connect_from(&server, "127.0.0.1").await;
+    assert_eq!(status(&request(&mut b, &via("198.51.100.2:80")).await), 200);
+    // From any other peer the header is ignored: 127.0.0.2 is the client.
+    let mut c = connect_from(&server, "127.0.0.2").await;
+    assert_eq!(status(&request(&mut c, &via("198.51.100.3")).await), 200);
+    let mut c2 = connect_from(&server, "127.0.0.2").await;
+    assert_eq!(status(&request(&mut c2, &via("198.51.100.4")).await), 429);
+}
+
+#[tokio::test]
 async fn behind_a_trusted_proxy_the_origin_check_uses_the_forwarded_host() {
     let server = ws::start(&[("PULSE_TRUSTED_PROXIES", "127.0.0.1")]).await;
     let url = ws::ws_url(&server);

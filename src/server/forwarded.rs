@@ -1,10 +1,14 @@
 //! Who a request comes from: the TCP peer, or, when the peer is a proxy the
 //! operator trusts (`PULSE_TRUSTED_PROXIES`), the client it forwards for.
 //!
-//! `X-Forwarded-For`, `X-Forwarded-Host` and `X-Forwarded-Proto` are headers
-//! any client can write, so they are read only from trusted peers; from
-//! anyone else they are ignored. Per-address limits, the WebSocket origin
-//! check and the cookie's `Secure` flag all use the result.
+//! The standard `Forwarded` header (RFC 7239: `for=`, `host=`, `proto=`, in
+//! one element per hop) and the older `X-Forwarded-For`, `X-Forwarded-Host`
+//! and `X-Forwarded-Proto` are headers any client can write, so they are
+//! read only from trusted peers; from anyone else they are ignored. Both are
+//! read by one rule: the client is the rightmost hop that is not itself a
+//! trusted proxy. `Forwarded` wins when a trusted peer sends both.
+//! Per-address limits, the WebSocket origin check and the cookie's `Secure`
+//! flag all use the result.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -54,6 +58,14 @@ impl TrustedProxies {
                 via_proxy: false,
             };
         }
+        if let Some(client) = self.forwarded(headers) {
+            return Client {
+                ip: client.ip.unwrap_or(peer),
+                host: client.host.or_else(own_host),
+                https: client.https,
+                via_proxy: true,
+            };
+        }
         Client {
             ip: self.forwarded_for(headers).unwrap_or(peer),
             host: header_str(headers, "x-forwarded-host")
@@ -66,6 +78,49 @@ impl TrustedProxies {
                 .is_some_and(|p| p.trim().eq_ignore_ascii_case("https")),
             via_proxy: true,
         }
+    }
+
+    /// What a `Forwarded` header (all its lines, each hop an element) says
+    /// of the client: the rightmost element whose `for` is not a trusted
+    /// proxy, with that element's `host` and `proto` (written by the proxy
+    /// that spoke to the client). `None` without the header; an `ip` of
+    /// `None` when no usable address comes before a garbled or hidden
+    /// (`unknown`, obfuscated) one.
+    fn forwarded(&self, headers: &HeaderMap) -> Option<Hop> {
+        let lines: Vec<&str> = headers
+            .get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if lines.is_empty() {
+            return None;
+        }
+        let elements: Vec<_> = lines.iter().flat_map(|l| rfc7239::parse(l)).collect();
+        for element in elements.iter().rev() {
+            let ip = match element {
+                Ok(element) => element
+                    .forwarded_for
+                    .as_ref()
+                    .and_then(|node| node.ip())
+                    .map(|ip| ip.to_canonical()),
+                Err(_) => None,
+            };
+            // Garbled or hidden by a trusted hop: believe nothing further.
+            let (Some(ip), Ok(element)) = (ip, element) else {
+                return Some(Hop::default());
+            };
+            if !self.contains(ip) {
+                let unquote = |v: &str| v.trim_matches('"').trim().to_string();
+                return Some(Hop {
+                    ip: Some(ip),
+                    host: element.host.map(unquote).filter(|h| !h.is_empty()),
+                    https: element
+                        .protocol
+                        .is_some_and(|p| unquote(p).eq_ignore_ascii_case("https")),
+                });
+            }
+        }
+        Some(Hop::default())
     }
 
     /// The client address in `X-Forwarded-For`: the rightmost entry that is
@@ -87,6 +142,17 @@ impl TrustedProxies {
         }
         None
     }
+}
+
+/// What a trusted proxy's `Forwarded` header says of the client.
+#[derive(Default)]
+struct Hop {
+    /// The client's address.
+    ip: Option<IpAddr>,
+    /// The host it asked for.
+    host: Option<String>,
+    /// Whether it spoke HTTPS.
+    https: bool,
 }
 
 /// Whether `origin` (a browser's `Origin` header) is the site the client
@@ -167,5 +233,49 @@ mod tests {
         let h = headers(&[("x-forwarded-for", "1.1.1.1, nonsense")]);
         let c = p.client("10.9.9.9".parse().unwrap(), &h);
         assert_eq!(c.ip, "10.9.9.9".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_forwarded_header_follows_the_same_rules() {
+        let p = proxies(&["10.0.0.0/8", "127.0.0.1/32"]);
+        // Several elements over two lines: the client wrote the first itself;
+        // the proxy that spoke to the client wrote the second; another
+        // trusted proxy the third.
+        let h = headers(&[
+            ("forwarded", "for=1.1.1.1;host=evil.example;proto=https"),
+            (
+                "forwarded",
+                "for=\"[2001:db8::7]:4711\";host=\"pulse.example:8443\";proto=https, for=10.1.2.3",
+            ),
+            ("x-forwarded-for", "9.9.9.9"),
+        ]);
+        let c = p.client("127.0.0.1".parse().unwrap(), &h);
+        assert_eq!(c.ip, "2001:db8::7".parse::<IpAddr>().unwrap());
+        assert_eq!(c.host.as_deref(), Some("pulse.example:8443"));
+        assert!(c.https && c.via_proxy);
+        // IPv4 with a port, quoted IPv6 without one, and plain HTTP.
+        let h = headers(&[("forwarded", "for=198.51.100.4:5000;proto=http")]);
+        let c = p.client("10.0.0.1".parse().unwrap(), &h);
+        assert_eq!(c.ip, "198.51.100.4".parse::<IpAddr>().unwrap());
+        assert!(!c.https);
+        let h = headers(&[("forwarded", "for=\"[2001:db8::9]\"")]);
+        let c = p.client("10.0.0.1".parse().unwrap(), &h);
+        assert_eq!(c.ip, "2001:db8::9".parse::<IpAddr>().unwrap());
+        // Hidden or garbled by a trusted hop: the peer itself.
+        for value in [
+            "for=unknown",
+            "for=_hidden",
+            "nonsense",
+            "for=1.1.1.1, for=bad",
+        ] {
+            let h = headers(&[("forwarded", value)]);
+            let c = p.client("10.0.0.1".parse().unwrap(), &h);
+            assert_eq!(c.ip, "10.0.0.1".parse::<IpAddr>().unwrap(), "{value}");
+        }
+        // From a peer nobody trusts: ignored.
+        let h = headers(&[("forwarded", "for=1.2.3.4;proto=https;host=evil.example")]);
+        let c = p.client("203.0.113.9".parse().unwrap(), &h);
+        assert_eq!(c.ip, "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert!(!c.https && !c.via_proxy);
     }
 }

@@ -7,7 +7,9 @@
 //! control, format (zero-width, bidi overrides), private-use, unassigned and
 //! separator characters, and of letters that render as blank. Message text
 //! may hold newlines and tabs, never other control characters (NUL, terminal
-//! escapes).
+//! escapes). Neither may hold the bidi controls that reorder what others see
+//! (embeddings, overrides, isolates: `invoice_<U+202E>fdp.exe` shows as
+//! `invoice_exe.pdf`): one rule, [`bidi_control`], for both.
 
 use icu_normalizer::ComposingNormalizerBorrowed;
 use icu_properties::props::GeneralCategory;
@@ -20,6 +22,23 @@ use crate::protocol::{MAX_NAME_CHARS, MAX_TEXT_CHARS};
 /// impersonate another.
 const BLANK_LETTERS: [char; 5] = ['\u{115F}', '\u{1160}', '\u{3164}', '\u{FFA0}', '\u{2800}'];
 
+/// The Unicode bidi embedding, override and isolate controls (U+202A–202E,
+/// U+2066–2069).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The first bidi control in `text`, as the refusal that names it.
+pub fn bidi_control(text: &str) -> Result<(), String> {
+    match text.chars().find(|&c| is_bidi_control(c)) {
+        Some(c) => Err(format!(
+            "text may not contain bidi controls, which reorder what others see (U+{:04X})",
+            u32::from(c)
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The display name for `raw`: trimmed and NFC-normalised, 1 to
 /// [`MAX_NAME_CHARS`] characters of the allowed kinds; else why not.
 pub fn display_name(raw: &str) -> Result<String, String> {
@@ -28,6 +47,7 @@ pub fn display_name(raw: &str) -> Result<String, String> {
     if !(1..=MAX_NAME_CHARS).contains(&len) {
         return Err(format!("a name is 1 to {MAX_NAME_CHARS} characters"));
     }
+    bidi_control(&name)?;
     let categories = CodePointMapData::<GeneralCategory>::new();
     let bad = name.chars().find(|&c| {
         BLANK_LETTERS.contains(&c)
@@ -71,6 +91,7 @@ pub fn message_text(raw: &str) -> Result<&str, String> {
             u32::from(c)
         ));
     }
+    bidi_control(text)?;
     Ok(text)
 }
 
@@ -111,5 +132,18 @@ mod tests {
         assert!(message_text("del\u{7f}").is_err());
         assert!(message_text("  ").is_err());
         assert!(message_text(&"x".repeat(MAX_TEXT_CHARS + 1)).is_err());
+        // Bidi embeddings, overrides and isolates reorder what others see.
+        for c in ['\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}'] {
+            let why = message_text(&format!("invoice_{c}fdp.exe")).unwrap_err();
+            assert!(why.contains("bidi"), "{why}");
+        }
+        for c in ['\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}'] {
+            assert!(message_text(&format!("a{c}b")).is_err());
+            assert!(display_name(&format!("a{c}b"))
+                .unwrap_err()
+                .contains("bidi"));
+        }
+        // Right-to-left text itself is fine.
+        assert_eq!(message_text("שלום עולם"), Ok("שלום עולם"));
     }
 }
