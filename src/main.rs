@@ -70,9 +70,11 @@ fn print_token(
         secret.expose().as_bytes(),
         ttl,
         max,
+        settings.app.max_session,
         settings.app.signin_per_min,
     );
-    match auth.issue(&id, &name, &auth::new_id(), ttl) {
+    let now = pulse::server::clock::now_secs();
+    match auth.issue(&id, &name, &auth::new_id(), ttl, now) {
         Ok((token, _)) => {
             println!("{token}");
             ExitCode::SUCCESS

@@ -267,6 +267,7 @@ async fn a_connection_closes_with_4001_when_its_token_expires() {
 async fn a_client_that_stops_reading_is_dropped_and_the_others_keep_up() {
     let server = ws::start(&[
         ("PULSE_RATE_LIMIT_PER_MIN", "1000000"),
+        ("PULSE_RATE_LIMIT_PER_IP_PER_MIN", "1000000"),
         ("PULSE_WS_QUEUE_BYTES", "65536"),
     ])
     .await;

@@ -18,6 +18,10 @@ fn busy(redis: &Redis, extra: &[(&'static str, &'static str)]) -> Vec<(String, S
     let mut env = vec![
         ("PULSE_REDIS_URL".to_string(), redis.url()),
         (
+            "PULSE_RATE_LIMIT_PER_IP_PER_MIN".to_string(),
+            "1000000".to_string(),
+        ),
+        (
             "PULSE_RATE_LIMIT_PER_MIN".to_string(),
             "1000000".to_string(),
         ),

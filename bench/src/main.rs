@@ -93,6 +93,9 @@ impl Server {
         cmd.env("LEPTOS_SITE_ADDR", &addr)
             .env("PULSE_JWT_SECRET", SECRET)
             .env("PULSE_RATE_LIMIT_PER_MIN", "100000000")
+            .env("PULSE_RATE_LIMIT_PER_IP_PER_MIN", "100000000")
+            .env("PULSE_NOTIFY_PER_IP_PER_MIN", "100000000")
+            .env("PULSE_ROOMS_PER_IP", "1000000")
             // Every client of a load test comes from one address, and the
             // scenarios share a token per role (one user creates all the
             // idle scenario's rooms): lift the per-address and per-user caps

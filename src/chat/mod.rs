@@ -12,7 +12,7 @@ use crate::client::{ConnState, StatusBadge};
 use crate::protocol::{
     user_tag, ChatMessage, Member, ServerMessage, MAX_NAME_CHARS, MAX_TEXT_CHARS,
 };
-use crate::session::{current_session, error_message, sign_out, Session, SignIn as SignInFn};
+use crate::session::{current_session, sign_out, Session, SignIn as SignInFn};
 use crate::time::format_time;
 
 /// Most entries kept per room on screen.
@@ -366,7 +366,7 @@ fn SignIn(state: ChatState, suggested: String) -> impl IntoView {
         }
     });
     let error = move || match action.value().get() {
-        Some(Err(e)) => Some(error_message(&e)),
+        Some(Err(e)) => Some(e.message),
         _ => None,
     };
     view! {

@@ -318,14 +318,15 @@ pub enum ServerMessage {
     },
 }
 
-/// Why a client frame was refused.
+/// Why something was refused: a frame (`error`, `nack`), or a request (the
+/// `code` of every refusal's body, [`Refusal`]). One vocabulary for both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Not valid JSON, unknown type, missing field, binary frame, or a text
-    /// empty or too long.
+    /// empty or too long; a request body that is not what the route takes.
     InvalidMessage,
-    /// Too many messages in a minute.
+    /// Too many in a while: wait `retry_after_ms`.
     RateLimited,
     /// A message or leave for a room one has not joined.
     NotInRoom,
@@ -334,7 +335,51 @@ pub enum ErrorCode {
     /// The other servers cannot be reached (Redis): nothing was done; try
     /// again after `retry_after_ms`.
     Unavailable,
+    /// No valid token (missing, malformed, expired, signed out).
+    Unauthorized,
+    /// Not allowed: another site's page, another user's connection.
+    Forbidden,
+    /// No such thing here (a fallback connection that is gone).
+    NotFound,
+    /// A body or frame over its limit.
+    TooLarge,
+    /// The client (its address, or its user) holds as many connections as
+    /// it may.
+    TooManyConnections,
+    /// The server holds as many connections as it may.
+    ServerFull,
+    /// The request's body stopped arriving.
+    Timeout,
+    /// The server is shutting down: try another instance, or again soon.
+    Draining,
+    /// The operator turned this transport off (`PULSE_TRANSPORTS`).
+    TurnedOff,
+    /// Something went wrong on the server's side.
+    ServerError,
 }
+
+/// The body of every refused request, on every route (and the error of
+/// every server function): `{"code", "message", "retry_after_ms"?}`, the
+/// same shape as an `error` frame without its `type`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// What went wrong, stably.
+    pub code: ErrorCode,
+    /// What to tell a person.
+    pub message: String,
+    /// When trying again may succeed (also a `Retry-After` header, in
+    /// whole seconds rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 impl ErrorCode {
     /// The code as it is written on the wire.
@@ -345,6 +390,16 @@ impl ErrorCode {
             ErrorCode::NotInRoom => "not_in_room",
             ErrorCode::InvalidRoom => "invalid_room",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::ServerFull => "server_full",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Draining => "draining",
+            ErrorCode::TurnedOff => "turned_off",
+            ErrorCode::ServerError => "server_error",
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Admission: how much of the server one client address or one user may hold
-//! at once, and the answer when they ask for more.
+//! at once (the answer when they ask for more is a `Refused`).
 //!
 //! Counts are taken as [`Slot`]s that give their place back when dropped, so
 //! whatever holds a connection (its task, a response body, an upgraded
@@ -9,13 +9,6 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
-
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-
-/// How long a refused client is told to wait before trying again.
-pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// At most `max` slots per key.
 pub struct KeyedCounter<K> {
@@ -92,17 +85,6 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
         }
         v4 => v4,
     }
-}
-
-/// The answer to a client over a limit: 503 when the server is full, 429
-/// when the client itself holds too much; both say when to come back.
-pub fn refusal(status: StatusCode, why: &'static str) -> Response {
-    let mut res = (status, why).into_response();
-    res.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(RETRY_AFTER.as_secs()),
-    );
-    res
 }
 
 #[cfg(test)]

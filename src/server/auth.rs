@@ -17,7 +17,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{SESSION_COOKIE, TOKEN_PARAM};
+use crate::protocol::SESSION_COOKIE;
 use crate::server::admission::address_key;
 use crate::server::clock::now_secs;
 use crate::server::text;
@@ -38,6 +38,26 @@ pub struct Claims {
     /// Issued at, seconds since the Unix epoch (required: it bounds the
     /// token's lifetime).
     pub iat: u64,
+    /// When the session began (the sign-in), seconds since the Unix epoch:
+    /// renewals keep it, and no token of the session lives past it plus
+    /// `PULSE_MAX_SESSION`. A token without it (a service's) began at `iat`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub auth_time: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Claims {
+    /// When the token's session began.
+    pub fn session_start(&self) -> u64 {
+        if self.auth_time == 0 {
+            self.iat
+        } else {
+            self.auth_time
+        }
+    }
 }
 
 /// Longest id (`sub`, `sid`) accepted.
@@ -65,8 +85,12 @@ pub enum AuthError {
     /// No token in the header, cookie or query.
     Missing,
     /// A token that is malformed, badly signed, of another algorithm, expired,
-    /// or without a usable `sub`.
+    /// or without a usable `sub`; or whose session was signed out.
     Invalid(String),
+    /// Whether the session was signed out cannot be told now (the other
+    /// instances are out of reach) and this instance has not vouched for it
+    /// lately: refused until they are back.
+    Unavailable,
 }
 
 impl std::fmt::Display for AuthError {
@@ -74,6 +98,10 @@ impl std::fmt::Display for AuthError {
         match self {
             AuthError::Missing => f.write_str("no token: sign in, or send a Bearer token"),
             AuthError::Invalid(why) => write!(f, "invalid token: {why}"),
+            AuthError::Unavailable => f.write_str(
+                "the session cannot be checked while the other servers are out of reach; \
+                 try again shortly",
+            ),
         }
     }
 }
@@ -91,17 +119,21 @@ pub struct Auth {
     session_ttl: Duration,
     /// Longest lifetime (`exp - iat`) of any token accepted or issued.
     max_ttl: Duration,
+    /// Longest life of a session, renewals included (`PULSE_MAX_SESSION`).
+    max_session: Duration,
     /// Guest sign-ins per client address (an IPv6 /64 counts as one).
     sign_ins: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 impl Auth {
-    /// Tokens signed with `secret`, sessions of `session_ttl`, no token living
-    /// longer than `max_ttl`.
+    /// Tokens signed with `secret`, of `session_ttl` (renewed up to
+    /// `max_session` after the sign-in), no token living longer than
+    /// `max_ttl`.
     pub fn new(
         secret: &[u8],
         session_ttl: Duration,
         max_ttl: Duration,
+        max_session: Duration,
         sign_ins_per_min: u32,
     ) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
@@ -113,6 +145,7 @@ impl Auth {
             validation,
             session_ttl: session_ttl.min(max_ttl),
             max_ttl,
+            max_session,
             sign_ins: RateLimiter::keyed(Quota::per_minute(
                 NonZeroU32::new(sign_ins_per_min).unwrap_or(NonZeroU32::MIN),
             )),
@@ -137,22 +170,36 @@ impl Auth {
         (0..32).map(|_| rng.u8(..)).collect()
     }
 
-    /// A token for user `id` called `name` in session `sid`, valid for `ttl`
-    /// (at most the longest lifetime); returns it with its `exp`.
+    /// Until when a token of a session that began at `start` could be
+    /// valid: what a sign-out of it must outlast.
+    pub fn session_end(&self, start: u64) -> u64 {
+        start + self.max_session.as_secs()
+    }
+
+    /// A token for user `id` called `name` in session `sid`, which began at
+    /// `start` (now, for a sign-in), valid for `ttl` but never past the
+    /// longest lifetime nor the session's end; returns it with its `exp`.
+    /// Refused once the session has ended.
     pub fn issue(
         &self,
         id: &str,
         name: &str,
         sid: &str,
         ttl: Duration,
+        start: u64,
     ) -> Result<(String, u64), String> {
         let iat = now_secs();
+        let end = self.session_end(start);
+        if iat >= end {
+            return Err("the session is over (PULSE_MAX_SESSION): sign in again".into());
+        }
         let claims = Claims {
             sub: id.to_string(),
             name: name.to_string(),
             sid: sid.to_string(),
-            exp: iat + ttl.min(self.max_ttl).as_secs().max(1),
+            exp: (iat + ttl.min(self.max_ttl).as_secs().max(1)).min(end),
             iat,
+            auth_time: start,
         };
         let token = encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| format!("cannot sign a token: {e}"))?;
@@ -180,6 +227,13 @@ impl Auth {
                 "the token lives longer than {}s (PULSE_MAX_TOKEN_TTL)",
                 self.max_ttl.as_secs()
             )));
+        }
+        if claims.session_start() > claims.iat
+            || claims.exp > self.session_end(claims.session_start())
+        {
+            return Err(AuthError::Invalid(
+                "the token outlives its session (PULSE_MAX_SESSION)".into(),
+            ));
         }
         Ok(claims)
     }
@@ -240,21 +294,6 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// The token a request carries: the `Authorization: Bearer` header first,
-/// then the session cookie, then the `token` query parameter.
-pub fn token_from(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    bearer_token(headers)
-        .or_else(|| cookie_token(headers))
-        .or_else(|| {
-            query?
-                .split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .find(|(k, _)| *k == TOKEN_PARAM)
-                .map(|(_, v)| v.to_string())
-                .filter(|v| !v.is_empty())
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +305,7 @@ mod tests {
             SECRET,
             Duration::from_secs(3600),
             Duration::from_secs(86400),
+            Duration::from_secs(7 * 86400),
             2,
         )
     }
@@ -282,7 +322,9 @@ mod tests {
     #[test]
     fn issued_tokens_verify_and_others_do_not() {
         let a = auth();
-        let (token, exp) = a.issue("u1", "Ada", "s1", Duration::from_secs(60)).unwrap();
+        let (token, exp) = a
+            .issue("u1", "Ada", "s1", Duration::from_secs(60), now_secs())
+            .unwrap();
         let claims = a.verify(&token).unwrap();
         assert_eq!((claims.sub.as_str(), claims.name.as_str()), ("u1", "Ada"));
         assert_eq!(claims.exp, exp);
@@ -291,6 +333,7 @@ mod tests {
             b"another secret of thirty-two bytes!",
             Duration::from_secs(60),
             Duration::from_secs(60),
+            Duration::from_secs(600),
             2,
         );
         assert!(matches!(other.verify(&token), Err(AuthError::Invalid(_))));
@@ -315,10 +358,25 @@ mod tests {
         assert!(a.verify(&sign(future)).is_err());
         // Issuing is capped the same way.
         let (token, exp) = a
-            .issue("u", "N", "s", Duration::from_secs(10 * 86400))
+            .issue("u", "N", "s", Duration::from_secs(10 * 86400), now_secs())
             .unwrap();
         assert!(exp <= now_secs() + 86400);
         assert!(a.verify(&token).is_ok());
+        // A renewal never takes a session past PULSE_MAX_SESSION.
+        let started = now_secs() - 7 * 86400 + 100;
+        let (renewed, exp) = a
+            .issue("u", "N", "s", Duration::from_secs(3600), started)
+            .unwrap();
+        assert_eq!(exp, started + 7 * 86400);
+        assert_eq!(a.verify(&renewed).unwrap().session_start(), started);
+        let over = now_secs() - 7 * 86400;
+        assert!(a
+            .issue("u", "N", "s", Duration::from_secs(60), over)
+            .is_err());
+        // A forged start does not stretch it either.
+        let stretched = serde_json::json!({"sub": "u", "name": "N", "sid": "s", "iat": now,
+            "exp": now + 3600, "auth_time": now - 7 * 86400});
+        assert!(a.verify(&sign(stretched)).is_err());
     }
 
     #[test]
@@ -329,15 +387,5 @@ mod tests {
         assert!(a.check_sign_in(ip).is_ok());
         assert!(a.check_sign_in(ip).is_err(), "the third in a minute");
         assert!(a.check_sign_in("192.0.2.2".parse().unwrap()).is_ok());
-    }
-
-    #[test]
-    fn the_token_is_found_in_header_cookie_or_query() {
-        let mut h = HeaderMap::new();
-        assert_eq!(token_from(&h, Some("token=q")), Some("q".into()));
-        h.insert(header::COOKIE, "a=b; pulse_session=c".parse().unwrap());
-        assert_eq!(token_from(&h, Some("token=q")), Some("c".into()));
-        h.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
-        assert_eq!(token_from(&h, None), Some("x".into()));
     }
 }

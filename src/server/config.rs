@@ -122,6 +122,13 @@ pub struct AppSettings {
     #[serde(with = "humantime_serde")]
     pub max_token_ttl: Duration,
 
+    /// Longest life of a sign-in session, renewals included: past it the
+    /// user signs in again, and a sign-out is remembered this long.
+    #[arg(long, env = "PULSE_MAX_SESSION", global = true, default_value = "7d",
+          value_parser = at_least(Duration::from_secs(60)))]
+    #[serde(with = "humantime_serde")]
+    pub max_session: Duration,
+
     /// Guest sign-ins one client address may make per minute.
     #[arg(long, env = "PULSE_SIGNIN_PER_MIN", global = true, default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -132,6 +139,24 @@ pub struct AppSettings {
     #[arg(long, env = "PULSE_RATE_LIMIT_PER_MIN", global = true, default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_per_min: u32,
+
+    /// Chat messages (and, separately, joins and leaves, and twice as many
+    /// fallback posts) all users of one client address may send per minute:
+    /// the sign-in rate does not multiply the per-user rate.
+    #[arg(long, env = "PULSE_RATE_LIMIT_PER_IP_PER_MIN", global = true, default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_ip_per_min: u32,
+
+    /// Notifications (which reach every open feed) all users of one client
+    /// address may publish per minute.
+    #[arg(long, env = "PULSE_NOTIFY_PER_IP_PER_MIN", global = true, default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub notify_per_ip_per_min: u32,
+
+    /// New rooms all users of one client address may create per hour.
+    #[arg(long, env = "PULSE_ROOMS_PER_IP", global = true, default_value_t = 40,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rooms_per_ip: u32,
 
     /// Most chat rooms the server holds at once (at least the 3 default rooms).
     #[arg(long, env = "PULSE_MAX_ROOMS", global = true, default_value_t = 1000,
@@ -186,6 +211,13 @@ pub struct AppSettings {
           value_parser = at_least(Duration::from_millis(1)))]
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+
+    /// A request body that makes no progress for this is answered 408 and
+    /// its connection closed.
+    #[arg(long, env = "PULSE_BODY_TIMEOUT", global = true, default_value = "10s",
+          value_parser = at_least(Duration::from_millis(1)))]
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
 
     /// A kept-alive connection with no request in flight is closed after this.
     #[arg(long, env = "PULSE_IDLE_TIMEOUT", global = true, default_value = "60s",
@@ -420,6 +452,13 @@ impl AppSettings {
     fn check(&self) -> Result<(), String> {
         if self.transports.is_empty() {
             return Err("PULSE_TRANSPORTS must name websocket, http or both".into());
+        }
+        if self.session_ttl > self.max_session {
+            return Err(format!(
+                "PULSE_SESSION_TTL ({}) may be at most PULSE_MAX_SESSION ({})",
+                humantime::format_duration(self.session_ttl),
+                humantime::format_duration(self.max_session)
+            ));
         }
         if self.session_ttl > self.max_token_ttl {
             return Err(format!(

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::body::Bytes;
-use axum::extract::{FromRef, FromRequest, Request, State};
+use axum::extract::{FromRef, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,8 +16,6 @@ use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
-use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::app::{shell, App};
 use crate::protocol::{
@@ -28,7 +25,10 @@ use crate::protocol::{
 use crate::server::chat::{self, Chat};
 use crate::server::cluster::Broker;
 use crate::server::feed::{self, Feed, FeedState};
+use crate::server::listener::body::{self, BodyStalled};
 use crate::server::notify::{self, Notifier};
+use crate::server::refusal::Refused;
+use crate::server::security::Origins;
 use crate::server::sessions::Sessions;
 use crate::server::stats::{self, StatsState};
 use crate::server::{assets, metrics, security};
@@ -52,6 +52,8 @@ pub struct AppState {
     pub stats: tokio::sync::watch::Receiver<crate::protocol::Stats>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// The pages allowed to act with a visitor's session.
+    pub origins: Origins,
 }
 
 impl FromRef<AppState> for LeptosOptions {
@@ -118,37 +120,71 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .fallback(fallback)
-        .layer(middleware::from_fn(security::refuse_cross_site))
+        .layer(middleware::from_fn_with_state(
+            state.origins.clone(),
+            security::refuse_cross_site,
+        ))
         .layer(middleware::from_fn(security::headers))
         .with_state(state)
 }
 
 /// `routes` with request bodies of at most `max` bytes: a larger announced
-/// length is refused (413) before any of it is read; a body without one
-/// (chunked) is read whole, up to `max`, before the handler runs.
+/// length is refused (413) before any of it is read; a body is read whole,
+/// up to `max`, before the handler runs, so a chunked one over the limit is
+/// a 413 too (server_fn would answer the failed read with a 500), and one
+/// that stops arriving a 408 (see `listener::body`).
 fn bounded(routes: Router<AppState>, max: usize) -> Router<AppState> {
-    routes.route_layer(
-        ServiceBuilder::new()
-            .layer(RequestBodyLimitLayer::new(max))
-            // The limited body, as axum's `Body` again.
-            .map_request(|req: Request<_>| req.map(Body::new))
-            .layer(middleware::from_fn(whole_body)),
-    )
+    routes.route_layer(middleware::from_fn(move |req: Request, next: Next| {
+        whole_body(req, next, max)
+    }))
 }
 
-/// Reads a request's body whole before its handler runs, so that a body
-/// over the limit (a chunked one, whose length the limit layer could not
-/// see) is answered 413 by axum's extractor, whatever the handler: server_fn
-/// would answer the failed read with a 500.
-async fn whole_body(req: Request, next: Next) -> Response {
+/// Reads a request's body whole (at most `max` bytes) before its handler
+/// runs; a refusal with the one body of every refusal if it cannot be.
+async fn whole_body(req: Request, next: Next, max: usize) -> Response {
+    let too_large = || Refused::too_large(format!("a body of this route is at most {max} bytes"));
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return too_large().into_response();
+    }
     let (parts, body) = req.into_parts();
-    match Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await {
+    match axum::body::to_bytes(body, max).await {
         Ok(bytes) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
-        Err(refused) => refused.into_response(),
+        Err(e) => {
+            let e = e.into_inner();
+            match body::stalled(e.as_ref()) {
+                Some(BodyStalled::Timeout) => {
+                    metrics::timed_out("body");
+                    Refused::body_timeout().into_response()
+                }
+                Some(BodyStalled::ShuttingDown) => Refused::draining().into_response(),
+                // The only other way a read of a body that arrives fails.
+                None if is_length_limit(e.as_ref()) => too_large().into_response(),
+                None => {
+                    Refused::invalid(format!("the body could not be read: {e}")).into_response()
+                }
+            }
+        }
     }
+}
+
+/// Whether `e` (or its cause) is the length limit of `to_bytes`.
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// What server functions and server-side rendering reach through Leptos

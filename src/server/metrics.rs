@@ -17,7 +17,8 @@ pub const CONNECTIONS_OPENED: &str = "pulse_connections_opened_total";
 pub const FEED_SUBSCRIBERS: &str = "pulse_feed_subscribers";
 /// Connections and requests refused by a limit, by reason.
 pub const REFUSED: &str = "pulse_refused_total";
-/// Connections closed for sending no request head in time, by phase.
+/// Connections (and requests) timed out, by phase: no head in time, idle,
+/// a body that stopped arriving.
 pub const TIMED_OUT: &str = "pulse_connections_timed_out_total";
 /// Chat frames received from clients.
 pub const MESSAGES_RECEIVED: &str = "pulse_messages_received_total";
@@ -121,7 +122,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         gauge!(OPEN_CONNECTIONS, "transport" => t.label()).set(0.0);
         counter!(CONNECTIONS_OPENED, "transport" => t.label()).absolute(0);
     }
-    for phase in ["head", "idle"] {
+    for phase in ["head", "idle", "body"] {
         counter!(TIMED_OUT, "phase" => phase).absolute(0);
     }
     metrics::describe_counter!(

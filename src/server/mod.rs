@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod assets;
 pub mod auth;
+pub mod caller;
 pub mod chat;
 pub mod clock;
 pub mod cluster;
@@ -15,6 +16,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod refusal;
 pub mod security;
 pub mod sessions;
 pub mod shutdown;
@@ -36,7 +38,7 @@ use config::Settings;
 use feed::Feed;
 use forwarded::TrustedProxies;
 use http::AppState;
-use limits::RateLimits;
+use limits::{RateLimits, Rates};
 use listener::{Limits, Listener};
 use notify::Notifier;
 use sessions::Sessions;
@@ -105,12 +107,17 @@ pub async fn run(
         &secret,
         app.session_ttl,
         app.max_token_ttl,
+        app.max_session,
         app.signin_per_min,
     ));
     let sessions = Arc::new(Sessions::new(auth, cluster.revocations.clone()));
     tasks.spawn(sessions.clone().run(shutdown.clone()));
 
-    let rates = Arc::new(RateLimits::new(app.rate_limit_per_min));
+    let rates = Arc::new(RateLimits::new(Rates {
+        per_user: app.rate_limit_per_min,
+        per_address: app.rate_limit_per_ip_per_min,
+        notifications_per_address: app.notify_per_ip_per_min,
+    }));
     let chat = Arc::new(Chat::new(
         app,
         ChatParts {
@@ -153,6 +160,7 @@ pub async fn run(
         max_per_ip: app.max_connections_per_ip,
         header_timeout: app.header_timeout,
         idle_timeout: app.idle_timeout,
+        body_timeout: app.body_timeout,
         proxies: TrustedProxies::new(app.trusted_proxies.clone()),
     };
     if let Some((tcp, handle)) = metrics {
@@ -173,6 +181,7 @@ pub async fn run(
         sessions,
         broker,
         notifier,
+        origins: security::Origins::new(app.allowed_origins.clone()),
         stats: stats_rx,
         shutdown: shutdown.clone(),
     };

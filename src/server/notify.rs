@@ -1,25 +1,29 @@
 //! Notifications: a signed-in user's text pushed into the live feed of every
 //! client, from `POST /api/notifications` (Bearer JWT) or the
 //! `publish_notification` server function (session cookie). Same text rule
-//! and rate limit as chat messages, keyed by the user's id.
+//! and per-user budget as chat messages, and a budget per client address of
+//! their own (`PULSE_NOTIFY_PER_IP_PER_MIN`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::protocol::{ErrorCode, FeedEvent};
-use crate::server::auth::{bearer_token, cookie_token};
+use crate::protocol::FeedEvent;
+use crate::server::admission::address_key;
+use crate::server::caller::{self, Carrier};
 use crate::server::clock::now_ms;
-use crate::server::cluster::{Broker, Control, RETRY_UNAVAILABLE};
+use crate::server::cluster::{Broker, Control};
 use crate::server::feed::Feed;
 use crate::server::limits::{too_many_messages, RateLimits};
+use crate::server::listener::Admitted;
 use crate::server::metrics;
+use crate::server::refusal::Refused;
 use crate::server::sessions::Sessions;
 use crate::server::text;
 
@@ -42,34 +46,6 @@ pub struct Published {
     pub id: String,
     /// Its SSE id in the feed.
     pub event_id: u64,
-}
-
-/// Why a notification was refused.
-#[derive(Debug, Clone)]
-pub enum NotifyError {
-    /// No valid token.
-    Unauthorized(String),
-    /// Bad body or text.
-    Invalid(String),
-    /// Over the user's rate limit.
-    RateLimited(Duration),
-    /// The other instances cannot be reached: nothing was published.
-    Unavailable,
-}
-
-impl NotifyError {
-    /// A sentence for the user.
-    pub fn message(&self) -> String {
-        match self {
-            NotifyError::Unauthorized(why) => why.clone(),
-            NotifyError::Invalid(why) => why.clone(),
-            NotifyError::RateLimited(wait) => too_many_messages(*wait),
-            NotifyError::Unavailable => {
-                "the other servers cannot be reached; nothing was published: try again shortly"
-                    .into()
-            }
-        }
-    }
 }
 
 /// The JSON body of `POST /api/notifications`.
@@ -95,25 +71,28 @@ impl Notifier {
         }
     }
 
-    /// Publishes `text` as user `user_id` called `name`, into every feed:
-    /// refused while the other instances cannot be reached, so that it is
-    /// never shown here alone as if everyone had it.
+    /// Publishes `text` as user `user_id` called `name` (at client address
+    /// `address`), into every feed: refused while the other instances cannot
+    /// be reached, so that it is never shown here alone as if everyone had it.
     pub async fn publish(
         &self,
         user_id: &str,
         name: &str,
         text: &str,
-    ) -> Result<Published, NotifyError> {
+        address: IpAddr,
+    ) -> Result<Published, Refused> {
         let text = text::message_text(text).map_err(|why| {
             metrics::invalid_message();
-            NotifyError::Invalid(why)
+            Refused::invalid(why)
         })?;
-        if let Err(wait) = self.limits.message(&Arc::from(user_id)) {
+        if let Err(wait) = self.limits.notification(&Arc::from(user_id), address) {
             metrics::rate_limited();
-            return Err(NotifyError::RateLimited(wait));
+            return Err(Refused::rate_limited(too_many_messages(wait), wait));
         }
         if !*self.broker.reachable().borrow() {
-            return Err(NotifyError::Unavailable);
+            return Err(Refused::unavailable(
+                "the other servers cannot be reached; nothing was published: try again shortly",
+            ));
         }
         let id = uuid::Uuid::now_v7().simple().to_string();
         let event = FeedEvent::Notification {
@@ -141,105 +120,39 @@ impl Notifier {
         &self,
         headers: &HeaderMap,
         text: &str,
-    ) -> Result<Published, NotifyError> {
-        let token = cookie_token(headers)
-            .ok_or_else(|| NotifyError::Unauthorized("sign in to publish".into()))?;
-        let claims = self
-            .sessions
-            .verify(&token)
-            .await
-            .map_err(|e| NotifyError::Unauthorized(e.to_string()))?;
-        self.publish(&claims.sub, &claims.name, text).await
-    }
-}
-
-impl NotifyError {
-    /// The HTTP status that answers it.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            NotifyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            NotifyError::Invalid(_) => StatusCode::BAD_REQUEST,
-            NotifyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            NotifyError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        }
+        address: IpAddr,
+    ) -> Result<Published, Refused> {
+        let claims = caller::identify(&self.sessions, headers, None, Carrier::Cookie).await?;
+        self.publish(&claims.sub, &claims.name, text, address).await
     }
 }
 
 /// `POST /api/notifications` with `Authorization: Bearer <jwt>` and
-/// `{"text": "…"}`: `202` with the notification's ids, or `401`, `400` or
-/// `429` (with `Retry-After`) and `{"code", "message"}`.
+/// `{"text": "…"}`: `202` with the notification's ids, or the refusal
+/// (`401`, `400`, `429`, `503`).
 pub async fn post(
     State(notifier): State<Arc<Notifier>>,
+    Extension(admitted): Extension<Admitted>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let Some(token) = bearer_token(&headers) else {
-        return refuse(NotifyError::Unauthorized(
-            "send Authorization: Bearer <token>".into(),
-        ));
-    };
-    let claims = match notifier.sessions.verify(&token).await {
-        Ok(claims) => claims,
-        Err(e) => return refuse(NotifyError::Unauthorized(e.to_string())),
-    };
+) -> Result<Response, Refused> {
+    let claims = caller::identify(&notifier.sessions, &headers, None, Carrier::Bearer).await?;
     let text = match serde_json::from_slice::<Body>(&body) {
         Ok(body) => body.text,
         Err(e) => {
             metrics::invalid_message();
-            return refuse(NotifyError::Invalid(format!(
+            return Err(Refused::invalid(format!(
                 "expected {{\"text\": \"…\"}}: {e}"
             )));
         }
     };
-    match notifier.publish(&claims.sub, &claims.name, &text).await {
-        Ok(p) => (
-            StatusCode::ACCEPTED,
-            axum::Json(json!({ "id": p.id, "event_id": p.event_id })),
-        )
-            .into_response(),
-        Err(e) => refuse(e),
-    }
-}
-
-fn refuse(e: NotifyError) -> Response {
-    let message = e.message();
-    match e {
-        NotifyError::Unauthorized(_) => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer".to_string())],
-            axum::Json(json!({ "code": "unauthorized", "message": message })),
-        )
-            .into_response(),
-        NotifyError::Invalid(_) => (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({ "code": ErrorCode::InvalidMessage, "message": message })),
-        )
-            .into_response(),
-        NotifyError::RateLimited(wait) => {
-            let ms = wait.as_millis().max(1) as u64;
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, ms.div_ceil(1000).to_string())],
-                axum::Json(json!({
-                    "code": ErrorCode::RateLimited,
-                    "message": message,
-                    "retry_after_ms": ms,
-                })),
-            )
-                .into_response()
-        }
-        NotifyError::Unavailable => {
-            let ms = RETRY_UNAVAILABLE.as_millis() as u64;
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, ms.div_ceil(1000).to_string())],
-                axum::Json(json!({
-                    "code": ErrorCode::Unavailable,
-                    "message": message,
-                    "retry_after_ms": ms,
-                })),
-            )
-                .into_response()
-        }
-    }
+    let address = address_key(admitted.client.ip);
+    let p = notifier
+        .publish(&claims.sub, &claims.name, &text, address)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "id": p.id, "event_id": p.event_id })),
+    )
+        .into_response())
 }

@@ -5,11 +5,13 @@
 //!   `X-Frame-Options` on every response;
 //! - [`send_content_security_policy`]: the page's CSP, built around the nonce
 //!   leptos_axum renders into every inline script of that page;
+//! - [`Origins`]: which pages may act with a visitor's session (the one
+//!   origin policy: the site's own, or `PULSE_ALLOWED_ORIGINS`), used by
 //! - [`refuse_cross_site`]: a state-changing request from a browser must come
-//!   from the site's own pages.
+//!   from them, and by the chat's gate for WebSockets and streams.
 
-use axum::extract::Request;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use leptos::config::{Env, LeptosOptions};
@@ -19,6 +21,42 @@ use crate::server::auth::bearer_token;
 use crate::server::forwarded::is_own_origin;
 use crate::server::listener::Admitted;
 use crate::server::metrics;
+use crate::server::refusal::Refused;
+
+/// The pages allowed to act with a visitor's session: the site's own (the
+/// host the client asked for), or, when set, exactly the origins of
+/// `PULSE_ALLOWED_ORIGINS`.
+#[derive(Clone, Debug, Default)]
+pub struct Origins(Vec<String>);
+
+impl Origins {
+    /// The policy for `allowed` (empty: the site's own).
+    pub fn new(allowed: Vec<String>) -> Origins {
+        Origins(allowed)
+    }
+
+    /// Whether a page of `origin` may act on `host` (the host the client
+    /// asked for).
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        if self.0.is_empty() {
+            is_own_origin(origin, host)
+        } else {
+            let origin = origin.trim_end_matches('/');
+            self.0.iter().any(|o| o == origin)
+        }
+    }
+
+    /// Whether a request that carries `headers` (on `host`) comes from an
+    /// allowed page, as far as its `Origin` says; a request without one is
+    /// not a browser's.
+    pub fn admits(&self, headers: &HeaderMap, host: Option<&str>) -> bool {
+        match headers.get(header::ORIGIN).map(|o| o.to_str()) {
+            None => true,
+            Some(Ok(origin)) => self.allows(origin, host),
+            Some(Err(_)) => false,
+        }
+    }
+}
 
 /// Adds the headers every response carries.
 pub async fn headers(req: Request, next: Next) -> Response {
@@ -74,7 +112,11 @@ pub fn send_content_security_policy(options: &LeptosOptions) {
 /// put the visitor in the attacker's session. Requests with a Bearer token
 /// are not cookie-driven (a site cannot make a browser add one), and safe
 /// methods change nothing, so both pass.
-pub async fn refuse_cross_site(req: Request, next: Next) -> Response {
+pub async fn refuse_cross_site(
+    State(origins): State<Origins>,
+    req: Request,
+    next: Next,
+) -> Response {
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let headers = req.headers();
     if safe || bearer_token(headers).is_some() {
@@ -84,30 +126,34 @@ pub async fn refuse_cross_site(req: Request, next: Next) -> Response {
         .extensions()
         .get::<Admitted>()
         .and_then(|a| a.client.host.clone());
-    if is_same_site(headers, host.as_deref()) {
+    if is_same_site(&origins, headers, host.as_deref()) {
         return next.run(req).await;
     }
     metrics::refused("cross_site");
-    (
-        StatusCode::FORBIDDEN,
+    Refused::forbidden(
         "cross-site request refused: send it from the site's own pages, or with a Bearer token",
     )
-        .into_response()
+    .into_response()
 }
 
-/// Whether a browser says the request comes from the site's own pages:
-/// `Sec-Fetch-Site` where the browser sends it, else `Origin` against the
-/// host the client asked for. A request with neither did not come from a
-/// browser (every current browser sends `Origin` on a cross-site POST).
-fn is_same_site(headers: &HeaderMap, host: Option<&str>) -> bool {
+/// Whether a browser says the request comes from an allowed page:
+/// `Sec-Fetch-Site: same-origin` where the browser sends it (or an `Origin`
+/// the policy lists), else `Origin` by the policy. A request with neither
+/// did not come from a browser (every current browser sends `Origin` on a
+/// cross-site POST).
+fn is_same_site(origins: &Origins, headers: &HeaderMap, host: Option<&str>) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
-        return matches!(site.to_str(), Ok("same-origin" | "none"));
+        return match site.to_str() {
+            Ok("same-origin" | "none") => true,
+            // Another site: only one the operator listed.
+            _ => {
+                !origins.0.is_empty()
+                    && headers.contains_key(header::ORIGIN)
+                    && origins.admits(headers, host)
+            }
+        };
     }
-    match headers.get(header::ORIGIN).map(|o| o.to_str()) {
-        None => true,
-        Some(Ok(origin)) => is_own_origin(origin, host),
-        Some(Err(_)) => false,
-    }
+    origins.admits(headers, host)
 }
 
 #[cfg(test)]
@@ -125,28 +171,23 @@ mod tests {
     #[test]
     fn same_site_is_what_the_browser_says() {
         let host = Some("pulse.example:8080");
-        assert!(is_same_site(
-            &headers(&[("sec-fetch-site", "same-origin")]),
-            host
-        ));
-        assert!(!is_same_site(
-            &headers(&[("sec-fetch-site", "cross-site")]),
-            host
-        ));
-        assert!(!is_same_site(
-            &headers(&[("sec-fetch-site", "same-site")]),
-            host
-        ));
+        let own_only = Origins::default();
+        let same = |h: &HeaderMap| is_same_site(&own_only, h, host);
+        assert!(same(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(!same(&headers(&[("sec-fetch-site", "cross-site")])));
+        assert!(!same(&headers(&[("sec-fetch-site", "same-site")])));
         // Without Sec-Fetch-Site, the origin must be the host asked for.
-        let own = headers(&[("origin", "http://pulse.example:8080")]);
-        assert!(is_same_site(&own, host));
-        assert!(!is_same_site(
-            &headers(&[("origin", "https://evil.example")]),
-            host
-        ));
-        assert!(!is_same_site(&headers(&[("origin", "null")]), host));
+        assert!(same(&headers(&[("origin", "http://pulse.example:8080")])));
+        assert!(!same(&headers(&[("origin", "https://evil.example")])));
+        assert!(!same(&headers(&[("origin", "null")])));
         // Not a browser at all.
-        assert!(is_same_site(&headers(&[]), host));
+        assert!(same(&headers(&[])));
+        // With PULSE_ALLOWED_ORIGINS: the pages listed, and only they.
+        let listed = Origins::new(vec!["https://app.example".into()]);
+        let from =
+            |origin: &'static str| headers(&[("sec-fetch-site", "cross-site"), ("origin", origin)]);
+        assert!(is_same_site(&listed, &from("https://app.example"), host));
+        assert!(!is_same_site(&listed, &from("https://evil.example"), host));
     }
 
     #[test]

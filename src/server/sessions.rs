@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,11 @@ use crate::server::cluster::Revocations;
 
 /// How often the sign-in limit's state of quiet addresses is forgotten.
 const UPKEEP: Duration = Duration::from_secs(10);
+
+/// While the other instances cannot be reached, a session is accepted here
+/// only if this instance vouches for it: it has a connection open here, or
+/// was checked (with them reachable) this recently.
+pub const VOUCH_FOR: Duration = Duration::from_secs(120);
 
 /// The sessions service.
 pub struct Sessions {
@@ -31,6 +36,8 @@ pub struct Sessions {
     open: Mutex<HashMap<Arc<str>, OpenSession>>,
     /// Woken when the link to the other instances is back.
     recheck: Notify,
+    /// Sessions checked against every instance's sign-outs, and when.
+    checked: Mutex<HashMap<String, Instant>>,
 }
 
 /// A session with connections open on this instance.
@@ -60,6 +67,7 @@ impl Sessions {
             revocations,
             open: Mutex::new(HashMap::new()),
             recheck: Notify::new(),
+            checked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -69,15 +77,45 @@ impl Sessions {
     }
 
     /// The claims of `token` if it is valid and its session was not signed
-    /// out, here or on any instance.
+    /// out, here or on any instance. While the other instances cannot be
+    /// reached, a session signed out there during the outage cannot be
+    /// known: it fails closed (`AuthError::Unavailable`) unless this
+    /// instance vouches for the session (a connection of it open here, or a
+    /// check within [`VOUCH_FOR`]); a sign-out this instance knows of always
+    /// counts.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let claims = self.auth.verify(token)?;
-        // While the others cannot be reached, what this instance knows is
-        // what counts (see docs/security.md).
-        if let Ok(true) = self.revocations.is_revoked(&claims.sid).await {
-            return Err(AuthError::Invalid("the session was signed out".into()));
+        match self.revocations.is_revoked(&claims.sid).await {
+            Ok(true) => Err(AuthError::Invalid("the session was signed out".into())),
+            Ok(false) => {
+                self.checked_now(&claims.sid);
+                Ok(claims)
+            }
+            Err(_) if self.vouches_for(&claims.sid) => Ok(claims),
+            Err(_) => Err(AuthError::Unavailable),
         }
-        Ok(claims)
+    }
+
+    fn checked(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        // Each change is one insert or a retain.
+        self.checked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn checked_now(&self, sid: &str) {
+        let mut checked = self.checked();
+        if checked.len() >= 1024 {
+            checked.retain(|_, at| at.elapsed() < VOUCH_FOR);
+        }
+        checked.insert(sid.to_string(), Instant::now());
+    }
+
+    /// Whether this instance vouches for session `sid` while it cannot ask.
+    fn vouches_for(&self, sid: &str) -> bool {
+        self.open().contains_key(sid)
+            || self
+                .checked()
+                .get(sid)
+                .is_some_and(|at| at.elapsed() < VOUCH_FOR)
     }
 
     /// Signs session `sid` (whose tokens could be valid until `until`) out
@@ -135,7 +173,10 @@ impl Sessions {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = upkeep.tick() => self.auth.forget_quiet(),
+                _ = upkeep.tick() => {
+                    self.auth.forget_quiet();
+                    self.checked().retain(|_, at| at.elapsed() < VOUCH_FOR);
+                }
                 _ = self.recheck.notified() => {
                     let sids: Vec<String> = self.open().keys().map(|s| s.to_string()).collect();
                     if let Ok(revoked) = self.revocations.revoked_among(&sids).await {

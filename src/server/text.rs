@@ -28,11 +28,12 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
-/// The first bidi control in `text`, as the refusal that names it.
-pub fn bidi_control(text: &str) -> Result<(), String> {
+/// The first bidi control in `text` (`what`: "a name", "text"), as the
+/// refusal that names it.
+pub fn bidi_control(text: &str, what: &str) -> Result<(), String> {
     match text.chars().find(|&c| is_bidi_control(c)) {
         Some(c) => Err(format!(
-            "text may not contain bidi controls, which reorder what others see (U+{:04X})",
+            "{what} may not contain bidi controls, which reorder what others see (U+{:04X})",
             u32::from(c)
         )),
         None => Ok(()),
@@ -47,7 +48,7 @@ pub fn display_name(raw: &str) -> Result<String, String> {
     if !(1..=MAX_NAME_CHARS).contains(&len) {
         return Err(format!("a name is 1 to {MAX_NAME_CHARS} characters"));
     }
-    bidi_control(&name)?;
+    bidi_control(&name, "a name")?;
     let categories = CodePointMapData::<GeneralCategory>::new();
     let bad = name.chars().find(|&c| {
         BLANK_LETTERS.contains(&c)
@@ -91,7 +92,7 @@ pub fn message_text(raw: &str) -> Result<&str, String> {
             u32::from(c)
         ));
     }
-    bidi_control(text)?;
+    bidi_control(text, "text")?;
     Ok(text)
 }
 

@@ -166,6 +166,22 @@ impl Client {
         Client { ws }
     }
 
+    /// Connects with `token` from the loopback address `from` (127.0.0.2, …:
+    /// each is another client address).
+    pub async fn connect_from(server: &Server, token: &str, from: &str) -> Client {
+        let addr = server.url.trim_start_matches("http://").parse().unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let mut req = ws_url(server).into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("upgrade");
+        Client { ws }
+    }
+
     /// Connects as `user` over a socket with a tiny receive buffer, so that a
     /// client that stops reading backs up the server quickly.
     pub async fn connect_small_buffer(server: &Server, user: &str) -> Client {

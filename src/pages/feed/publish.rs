@@ -3,34 +3,33 @@
 use leptos::prelude::*;
 use server_fn::ServerFn;
 
-use crate::protocol::MAX_TEXT_CHARS;
-
-/// What a signed-out publisher is told (the form then offers to sign in).
-const SIGN_IN_FIRST: &str = "Sign in to publish.";
+use crate::protocol::{ErrorCode, Refusal, MAX_TEXT_CHARS};
 
 /// Publishes `text` as a notification to the feed of every instance, as the
 /// signed-in user (same validation and rate limit as chat messages).
 #[server(endpoint = "publish_notification")]
-pub async fn publish_notification(text: String) -> Result<(), ServerFnError> {
-    use crate::server::notify;
-    let headers = use_context::<axum::http::request::Parts>()
-        .map(|p| p.headers)
-        .unwrap_or_default();
-    let service = use_context::<std::sync::Arc<notify::Notifier>>()
-        .ok_or_else(|| ServerFnError::new("notifications are not available"))?;
-    service
-        .publish_from_session(&headers, &text)
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            if let Some(res) = use_context::<leptos_axum::ResponseOptions>() {
-                res.set_status(e.status());
-            }
-            match e {
-                notify::NotifyError::Unauthorized(_) => ServerFnError::new(SIGN_IN_FIRST),
-                e => ServerFnError::new(e.message()),
-            }
-        })
+pub async fn publish_notification(text: String) -> Result<(), Refusal> {
+    use crate::server::{notify, refusal::Refused};
+    let parts = use_context::<axum::http::request::Parts>();
+    let address = parts
+        .as_ref()
+        .and_then(|p| p.extensions.get::<crate::server::listener::Admitted>())
+        .map(|a| crate::server::admission::address_key(a.client.ip))
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let headers = parts.map(|p| p.headers).unwrap_or_default();
+    let service = use_context::<std::sync::Arc<notify::Notifier>>().ok_or_else(|| Refusal {
+        code: ErrorCode::ServerError,
+        message: "notifications are not available".into(),
+        retry_after_ms: None,
+    })?;
+    let answered = service.publish_from_session(&headers, &text, address).await;
+    answered.map(|_| ()).map_err(|mut refused: Refused| {
+        if refused.refusal.code == ErrorCode::Unauthorized {
+            // What a signed-out publisher is told (the form offers to sign in).
+            refused.refusal.message = "Sign in to publish.".into();
+        }
+        crate::session::refuse(refused)
+    })
 }
 
 /// Sends a notification to every feed, as the signed-in user.
@@ -60,13 +59,12 @@ pub fn PublishForm() -> impl IntoView {
     };
     let error = move || match action.value().get() {
         Some(Err(e)) => {
-            let message = crate::session::error_message(&e);
             // Signed out: the way to sign in, rather than an error.
-            Some(if message == SIGN_IN_FIRST {
+            Some(if e.code == ErrorCode::Unauthorized {
                 view! { "Sign in to publish: " <a href="/chat" data-testid="publish-sign-in">"sign in"</a> }
                     .into_any()
             } else {
-                message.into_any()
+                e.message.into_any()
             })
         }
         _ => None,

@@ -204,7 +204,7 @@ pub async fn act(chat: &Chat, socket: Socket<'_>, msg: ClientMessage) {
                 ));
                 return;
             }
-            if let Err(wait) = chat.limits.room_change(&user.id) {
+            if let Err(wait) = chat.limits.room_change(&user.id, user.address) {
                 outbox.send(&too_many(wait));
                 return;
             }
@@ -222,7 +222,7 @@ pub async fn act(chat: &Chat, socket: Socket<'_>, msg: ClientMessage) {
                 outbox.send(&not_in_room(&room));
                 return;
             }
-            if let Err(wait) = chat.limits.room_change(&user.id) {
+            if let Err(wait) = chat.limits.room_change(&user.id, user.address) {
                 outbox.send(&too_many(wait));
                 return;
             }
@@ -273,7 +273,7 @@ async fn message(
             None,
         );
     }
-    if let Err(wait) = chat.limits.message(&user.id) {
+    if let Err(wait) = chat.limits.message(&user.id, user.address) {
         metrics::rate_limited();
         return nack(
             room,

@@ -5,18 +5,18 @@
 
 use std::sync::Arc;
 
-use axum::http::{header, HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Uri};
 
 use super::hub::User;
 use super::outbox::Outbox;
 use super::Chat;
-use crate::protocol::ServerMessage;
-use crate::server::admission::{refusal, Slot};
-use crate::server::auth::{token_from, AuthError, Claims};
-use crate::server::forwarded::is_own_origin;
+use crate::protocol::{ErrorCode, ServerMessage};
+use crate::server::admission::{address_key, Slot};
+use crate::server::auth::{bearer_token, cookie_token, Claims};
+use crate::server::caller::{self, Carrier};
 use crate::server::listener::{Admission, Admitted};
 use crate::server::metrics;
+use crate::server::refusal::Refused;
 
 /// What a connection holds of the server's limits, given back when it closes.
 pub struct Places {
@@ -29,53 +29,39 @@ pub struct Places {
     pub _user: Slot<Arc<str>>,
 }
 
-impl Chat {
-    /// Whether a browser page from `origin` may connect on `host`.
-    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        if self.allowed_origins.is_empty() {
-            is_own_origin(origin, host)
-        } else {
-            let origin = origin.trim_end_matches('/');
-            self.allowed_origins.iter().any(|o| o == origin)
-        }
-    }
-}
-
-/// The first checks of every chat connection: 403 for a foreign origin,
-/// 401 without a valid token. The host is the one the client asked for (a
-/// trusted proxy's X-Forwarded-Host).
+/// The first checks of every chat connection: 403 for a page of a foreign
+/// origin (a cookie must never let another site in), 401 without a valid
+/// token, 503 while a session cannot be checked. The host is the one the
+/// client asked for (a trusted proxy's forwarded host).
 pub(super) async fn identify(
     chat: &Chat,
     admitted: &Admitted,
     uri: &Uri,
     headers: &HeaderMap,
-) -> Result<Claims, Response> {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = admitted.client.host.as_deref();
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|origin| chat.origin_allowed(origin, host));
-        if !allowed {
-            metrics::upgrade_rejected("origin");
-            return Err((StatusCode::FORBIDDEN, "origin not allowed").into_response());
-        }
+) -> Result<Claims, Refused> {
+    if !chat
+        .origins
+        .admits(headers, admitted.client.host.as_deref())
+    {
+        metrics::upgrade_rejected("origin");
+        return Err(Refused::forbidden("origin not allowed"));
     }
-    let verified = match token_from(headers, uri.query()) {
-        Some(token) => chat.sessions.verify(&token).await,
-        None => Err(AuthError::Missing),
-    };
-    verified.map_err(|e| {
-        metrics::upgrade_rejected(match e {
-            AuthError::Missing => "no_token",
-            AuthError::Invalid(_) => "bad_token",
+    let verified = caller::identify(&chat.sessions, headers, uri.query(), Carrier::Anywhere).await;
+    verified.inspect_err(|refused| {
+        metrics::upgrade_rejected(match refused.refusal.code {
+            ErrorCode::Unavailable => "unavailable",
+            _ if caller_sent_no_token(headers, uri) => "no_token",
+            _ => "bad_token",
         });
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            e.to_string(),
-        )
-            .into_response()
     })
+}
+
+/// Whether the request carries no token at all (for the metric's reason).
+fn caller_sent_no_token(headers: &HeaderMap, uri: &Uri) -> bool {
+    let query = uri.query().unwrap_or_default();
+    bearer_token(headers).is_none()
+        && cookie_token(headers).is_none()
+        && !query.split('&').any(|p| p.starts_with("token="))
 }
 
 /// One of the user's places (none when they hold as many connections as
@@ -89,6 +75,7 @@ pub(super) fn take_place(
     let user = User {
         id: Arc::from(claims.sub.as_str()),
         name: Arc::from(claims.name.as_str()),
+        address: address_key(admitted.client.ip),
     };
     let user_slot = chat.sockets_per_user.try_acquire(user.id.clone())?;
     let places = Places {
@@ -99,23 +86,11 @@ pub(super) fn take_place(
     Some((user, places))
 }
 
-/// 404: the operator turned this transport off (`PULSE_TRANSPORTS`).
-pub(super) fn turned_off(what: &str) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        format!("{what} are turned off on this server"),
-    )
-        .into_response()
-}
-
 /// 429: the user holds as many connections as they may.
-pub(super) fn too_many_sockets() -> Response {
+pub(super) fn too_many_sockets() -> Refused {
     metrics::refused("per_user");
     metrics::upgrade_rejected("per_user");
-    refusal(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too many open sockets for this user",
-    )
+    Refused::too_many_connections("too many open sockets for this user")
 }
 
 /// Tells one connection whether the other servers can be reached

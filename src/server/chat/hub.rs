@@ -20,6 +20,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ pub struct User {
     pub id: Arc<str>,
     /// Their display name: only shown.
     pub name: Arc<str>,
+    /// The client's address (per-address limits count under it).
+    pub address: IpAddr,
 }
 
 impl User {
@@ -88,6 +91,18 @@ pub struct JoinAnswer {
     pub recovered: bool,
 }
 
+/// How many rooms there may be, and who may create them.
+pub struct RoomLimits {
+    /// Most rooms held at once (`PULSE_MAX_ROOMS`).
+    pub max_rooms: usize,
+    /// How long an empty room is kept (`PULSE_ROOM_IDLE`).
+    pub room_idle: Duration,
+    /// New rooms per user per hour (`PULSE_ROOMS_PER_USER`).
+    pub per_user: u32,
+    /// New rooms per client address per hour (`PULSE_ROOMS_PER_IP`).
+    pub per_address: u32,
+}
+
 /// The rooms and the presence changes not yet sent, under one lock.
 #[derive(Default)]
 struct Rooms {
@@ -109,6 +124,8 @@ pub struct Hub {
     room_idle: Duration,
     /// Rooms each user may create, per hour.
     creations: DefaultKeyedRateLimiter<Arc<str>>,
+    /// Rooms the users of one client address may create together, per hour.
+    creations_per_address: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 /// Sorts members by name then id, each user once.
@@ -119,12 +136,13 @@ fn sort_members(members: &mut Vec<Member>) {
 
 impl Hub {
     /// A hub with the default rooms, subscribing through `broker`.
-    pub fn new(
-        broker: Arc<dyn Broker>,
-        max_rooms: usize,
-        room_idle: Duration,
-        rooms_per_user_per_hour: u32,
-    ) -> Self {
+    pub fn new(broker: Arc<dyn Broker>, limits: RoomLimits) -> Self {
+        let RoomLimits {
+            max_rooms,
+            room_idle,
+            per_user: rooms_per_user_per_hour,
+            per_address,
+        } = limits;
         let by_name = DEFAULT_ROOMS
             .iter()
             .map(|name| (name.to_string(), Room::default()))
@@ -140,6 +158,9 @@ impl Hub {
             max_rooms,
             room_idle,
             creations: RateLimiter::keyed(Quota::per_hour(per_hour)),
+            creations_per_address: RateLimiter::keyed(Quota::per_hour(
+                NonZeroU32::new(per_address).unwrap_or(NonZeroU32::MIN),
+            )),
         }
     }
 
@@ -170,6 +191,16 @@ impl Hub {
                 return Err(Box::new(error(
                     ErrorCode::InvalidRoom,
                     "the server holds as many rooms as it may; join an existing one",
+                )));
+            }
+            // The address's budget first, so that a user refused for their
+            // address's sake keeps their own.
+            if let Err(not_until) = self.creations_per_address.check_key(&user.address) {
+                let wait = not_until.wait_time_from(self.creations.clock().now());
+                return Err(Box::new(rate_limited(
+                    "as many rooms have been created from your address as may be this hour; \
+                     join an existing one",
+                    wait,
                 )));
             }
             if let Err(not_until) = self.creations.check_key(&user.id) {
@@ -433,6 +464,8 @@ impl Hub {
     pub fn sweep(&self) -> usize {
         self.creations.retain_recent();
         self.creations.shrink_to_fit();
+        self.creations_per_address.retain_recent();
+        self.creations_per_address.shrink_to_fit();
         let mut rooms = self.rooms();
         let before = rooms.by_name.len();
         let idle = self.room_idle;

@@ -14,10 +14,14 @@ fn next(q: &mut Queue) -> ServerMessage {
     }
 }
 
+/// The client address of every connection here.
+const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 fn user(id: &str, name: &str) -> User {
     User {
         id: Arc::from(id),
         name: Arc::from(name),
+        address: HERE,
     }
 }
 
@@ -29,7 +33,13 @@ fn hub_with(max_rooms: usize, idle: Duration, per_hour: u32) -> Hub {
         dedup_window: Duration::from_secs(60),
         presence_ttl: Duration::from_secs(30),
     };
-    Hub::new(testing::memory(limits).broker, max_rooms, idle, per_hour)
+    let rooms = RoomLimits {
+        max_rooms,
+        room_idle: idle,
+        per_user: per_hour,
+        per_address: 1000,
+    };
+    Hub::new(testing::memory(limits).broker, rooms)
 }
 
 fn hub() -> Hub {
@@ -256,6 +266,38 @@ fn idle_rooms_go_and_room_creation_is_limited_per_user() {
     hub.admit(1, &u, &o, "c").unwrap();
     assert_eq!(hub.remove(1, "a"), Some(true));
     assert_eq!(hub.sweep(), 1);
+}
+
+#[test]
+fn the_users_of_one_address_share_a_room_creation_budget() {
+    let limits = StreamLimits {
+        size: 100,
+        bytes: 1 << 20,
+        ttl: Duration::from_secs(3600),
+        dedup_window: Duration::from_secs(60),
+        presence_ttl: Duration::from_secs(30),
+    };
+    let rooms = RoomLimits {
+        max_rooms: 100,
+        room_idle: Duration::from_secs(60),
+        per_user: 20,
+        per_address: 2,
+    };
+    let hub = Hub::new(testing::memory(limits).broker, rooms);
+    let (o, _q) = Outbox::new(usize::MAX);
+    let there: IpAddr = "192.0.2.9".parse().unwrap();
+    hub.admit(1, &user("a", "A"), &o, "r1").unwrap();
+    hub.admit(2, &user("b", "B"), &o, "r2").unwrap();
+    assert!(
+        hub.admit(3, &user("c", "C"), &o, "r3").is_err(),
+        "a new identity does not help"
+    );
+    let dan = User {
+        address: there,
+        ..user("d", "D")
+    };
+    hub.admit(4, &dan, &o, "r3").unwrap();
+    hub.admit(3, &user("c", "C"), &o, "r1").unwrap();
 }
 
 #[test]

@@ -48,8 +48,9 @@ use crate::server::cluster::{
 use crate::server::config::{AppSettings, ChatTransport};
 use crate::server::limits::RateLimits;
 use crate::server::metrics;
+use crate::server::security::Origins;
 use crate::server::sessions::Sessions;
-use hub::{Admission, ConnId, Hub, JoinAnswer, User};
+use hub::{Admission, ConnId, Hub, JoinAnswer, RoomLimits, User};
 use outbox::Outbox;
 use reads::{decode, decode_all, recent};
 use room::Arrival;
@@ -68,8 +69,8 @@ pub struct Chat {
     limits: Arc<RateLimits>,
     /// Open connections per user.
     sockets_per_user: Arc<KeyedCounter<Arc<str>>>,
-    /// Origins allowed to connect; empty means the site's own.
-    allowed_origins: Vec<String>,
+    /// The pages allowed to connect with a visitor's session.
+    origins: Origins,
     /// Whether `GET /ws` is offered (`PULSE_TRANSPORTS`).
     websocket: bool,
     /// Whether the HTTP fallback is offered (`PULSE_TRANSPORTS`).
@@ -133,16 +134,19 @@ impl Chat {
         Chat {
             hub: Hub::new(
                 broker.clone(),
-                app.max_rooms,
-                app.room_idle,
-                app.rooms_per_user,
+                RoomLimits {
+                    max_rooms: app.max_rooms,
+                    room_idle: app.room_idle,
+                    per_user: app.rooms_per_user,
+                    per_address: app.rooms_per_ip,
+                },
             ),
             broker,
             presence: parts.cluster.presence,
             sessions: parts.sessions,
             limits: parts.limits,
             sockets_per_user: KeyedCounter::new(app.max_sockets_per_user),
-            allowed_origins: app.allowed_origins.clone(),
+            origins: Origins::new(app.allowed_origins.clone()),
             websocket: app.transports.contains(&ChatTransport::Websocket),
             http: app.transports.contains(&ChatTransport::Http),
             ping_interval: app.ws_ping_interval,

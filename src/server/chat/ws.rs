@@ -12,14 +12,16 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, FromRequestParts, OriginalUri, State};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+
+use crate::server::refusal::Refused;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::client::{self, Connection, End, Incoming, Transport};
-use super::gate::{identify, take_place, too_many_sockets, turned_off, Places};
+use super::gate::{identify, take_place, too_many_sockets, Places};
 use super::hub::User;
 use super::outbox::{error, Outbox, Queue};
 use super::Chat;
@@ -46,24 +48,14 @@ pub async fn upgrade(
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     ws: MaybeUpgrade,
-) -> Response {
+) -> Result<Response, Refused> {
     if !chat.websocket {
-        return turned_off("WebSockets");
+        return Err(Refused::turned_off("WebSockets"));
     }
-    let claims = match identify(&chat, &admitted, &uri, &headers).await {
-        Ok(claims) => claims,
-        Err(refused) => return refused,
-    };
-    let ws = match ws.0 {
-        Ok(ws) => ws,
-        Err(rejection) => {
-            metrics::upgrade_rejected("not_websocket");
-            return rejection;
-        }
-    };
-    let Some((user, places)) = take_place(&chat, admitted, &claims) else {
-        return too_many_sockets();
-    };
+    let claims = identify(&chat, &admitted, &uri, &headers).await?;
+    let ws =
+        ws.0.inspect_err(|_| metrics::upgrade_rejected("not_websocket"))?;
+    let (user, places) = take_place(&chat, admitted, &claims).ok_or_else(too_many_sockets)?;
     // Counted from now, so a sign-out from here on closes the socket.
     let session = chat.sessions.hold(&claims.sid);
     // Frames up to 16 KiB are read; anything larger is refused by the codec
@@ -72,11 +64,12 @@ pub async fn upgrade(
     // (1 KiB holds any ordinary chat frame; the read buffer grows for a
     // larger one). Frames the writer feeds are held up to
     // WRITE_BATCH_BYTES and sent by one flush.
-    ws.max_message_size(MAX_FRAME_BYTES)
+    Ok(ws
+        .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .read_buffer_size(1024)
         .write_buffer_size(WRITE_BATCH_BYTES)
-        .on_upgrade(move |socket| serve(socket, chat, user, session, claims.exp, places))
+        .on_upgrade(move |socket| serve(socket, chat, user, session, claims.exp, places)))
 }
 
 /// Runs an upgraded socket until it ends.
@@ -225,9 +218,9 @@ fn read_error(e: axum::Error) -> End {
     }
 }
 
-/// The upgrade, or the response that says why the request is not one; taken
+/// The upgrade, or the refusal that says why the request is not one; taken
 /// this way so that auth is checked (and answered) before the upgrade headers.
-pub struct MaybeUpgrade(Result<WebSocketUpgrade, Response>);
+pub struct MaybeUpgrade(Result<WebSocketUpgrade, Refused>);
 
 impl<S: Send + Sync> FromRequestParts<S> for MaybeUpgrade {
     type Rejection = std::convert::Infallible;
@@ -236,7 +229,10 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeUpgrade {
         Ok(MaybeUpgrade(
             WebSocketUpgrade::from_request_parts(parts, state)
                 .await
-                .map_err(IntoResponse::into_response),
+                .map_err(|rejection| {
+                    let status = rejection.status();
+                    Refused::new(status, ErrorCode::InvalidMessage, rejection.body_text())
+                }),
         ))
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::{stream, Stream, StreamExt};
@@ -43,13 +43,10 @@ pub struct BadLastEventId;
 
 impl IntoResponse for BadLastEventId {
     fn into_response(self) -> Response {
-        (
-            StatusCode::BAD_REQUEST,
-            format!(
-                "Last-Event-ID (or ?{LAST_EVENT_ID_PARAM}=) must be an event id: a whole number"
-            ),
-        )
-            .into_response()
+        crate::server::refusal::Refused::invalid(format!(
+            "Last-Event-ID (or ?{LAST_EVENT_ID_PARAM}=) must be an event id: a whole number"
+        ))
+        .into_response()
     }
 }
 

@@ -27,8 +27,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -39,9 +38,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
-use crate::server::admission::{address_key, refusal, KeyedCounter, Slot};
+use crate::server::admission::{address_key, KeyedCounter, Slot};
+use crate::server::refusal::Refused;
 use watchdog::{Activity, Busy, Phase, Watched};
 
+pub mod body;
 mod watchdog;
 use crate::server::forwarded::{Client, TrustedProxies};
 use crate::server::metrics;
@@ -75,6 +76,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time a connection may sit with no request.
     pub idle_timeout: Duration,
+    /// Time a request body may make no progress.
+    pub body_timeout: Duration,
     /// Proxies whose forwarding headers are believed.
     pub proxies: TrustedProxies,
 }
@@ -191,7 +194,7 @@ impl Listener {
         let shared = &self.shared;
         let Ok(connection) = shared.connections.clone().try_acquire_owned() else {
             metrics::refused("max_connections");
-            return refuse(shared, tcp, StatusCode::SERVICE_UNAVAILABLE, "server full");
+            return refuse(shared, tcp, Refused::server_full());
         };
         let peer = peer.ip().to_canonical();
         // A trusted proxy's requests count per forwarded address instead.
@@ -202,12 +205,9 @@ impl Listener {
                 Some(slot) => Some(slot),
                 None => {
                     metrics::refused("per_ip");
-                    return refuse(
-                        shared,
-                        tcp,
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "too many connections from your address",
-                    );
+                    let refused =
+                        Refused::too_many_connections("too many connections from your address");
+                    return refuse(shared, tcp, refused);
                 }
             }
         };
@@ -235,18 +235,19 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// Answers whatever request comes on `tcp` with `status`, then closes it. A
-/// flood of refused connections is itself bounded: past [`MAX_REFUSING`] at
-/// once they are closed without an answer.
-fn refuse(shared: &Shared, tcp: TcpStream, status: StatusCode, why: &'static str) {
+/// Answers whatever request comes on `tcp` with `refused`, then closes it.
+/// A flood of refused connections is itself bounded: past [`MAX_REFUSING`]
+/// at once they are closed without an answer.
+fn refuse(shared: &Shared, tcp: TcpStream, refused: Refused) {
     let Ok(place) = shared.refusing.clone().try_acquire_owned() else {
         return;
     };
     let shutdown = shared.shutdown.clone();
     shared.tasks.spawn(async move {
         let _place = place;
-        let answer = hyper::service::service_fn(move |_req| async move {
-            Ok::<_, Infallible>(refusal(status, why))
+        let answer = hyper::service::service_fn(move |_req| {
+            let refused = refused.clone();
+            async move { Ok::<_, Infallible>(refused.into_response()) }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -342,7 +343,14 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         let busy = Busy::start(self.activity.clone());
         let handler = &self.handler;
-        let mut req: Request = req.map(Body::new);
+        let (timeout, shutdown) = (handler.shared.limits.body_timeout, &handler.shared.shutdown);
+        let mut req: Request = req.map(|body| {
+            if hyper::body::Body::is_end_stream(&body) {
+                Body::new(body)
+            } else {
+                Body::new(body::Watched::new(body, timeout, shutdown))
+            }
+        });
         let client = handler
             .shared
             .limits
@@ -356,10 +364,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PerRequest {
                 })),
                 None => {
                     metrics::refused("per_ip");
-                    let res = refusal(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "too many connections from your address",
-                    );
+                    let res =
+                        Refused::too_many_connections("too many connections from your address")
+                            .into_response();
                     return Box::pin(async move { Ok(tracked(res, busy, None)) });
                 }
             }

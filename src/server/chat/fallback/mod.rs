@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::client::{self, Connection, End, Incoming, Transport};
-use super::gate::{identify, take_place, too_many_sockets, turned_off, Places};
+use super::gate::{identify, take_place, too_many_sockets, Places};
 use super::hub::User;
 use super::outbox::{error, Outbox, Queue};
 use super::Chat;
@@ -46,6 +46,7 @@ use crate::protocol::{
 use crate::server::feed::sse_response;
 use crate::server::listener::Admitted;
 use crate::server::metrics::{self, Transport as Kind};
+use crate::server::refusal::Refused;
 use body::{body, Attached};
 pub use inbox::Inboxes;
 pub use send::send;
@@ -68,17 +69,12 @@ pub async fn stream(
     Extension(admitted): Extension<Admitted>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, Refused> {
     if !chat.http {
-        return turned_off("HTTP fallback streams");
+        return Err(Refused::turned_off("HTTP fallback streams"));
     }
-    let claims = match identify(&chat, &admitted, &uri, &headers).await {
-        Ok(claims) => claims,
-        Err(refused) => return refused,
-    };
-    let Some((user, places)) = take_place(&chat, admitted, &claims) else {
-        return too_many_sockets();
-    };
+    let claims = identify(&chat, &admitted, &uri, &headers).await?;
+    let (user, places) = take_place(&chat, admitted, &claims).ok_or_else(too_many_sockets)?;
     let (attach, attached) = mpsc::channel(ATTACHED_WAITING);
     let identity = Identity {
         user,
@@ -86,7 +82,7 @@ pub async fn stream(
         expires_at: claims.exp,
     };
     let queue = open(&chat, identity, places, Role::Carrier { attach });
-    sse_response(body(queue, attached))
+    Ok(sse_response(body(queue, attached)))
 }
 
 /// Who a connection belongs to (an attached one: the same as its carrier).
