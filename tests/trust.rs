@@ -365,6 +365,12 @@ async fn every_refusal_of_every_route_has_the_one_body() {
         .send()
         .await
         .unwrap();
+    // The unread rest of the body cannot be skipped: the connection closes,
+    // and says so, so the client does not send its next request on it.
+    assert_eq!(
+        big.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     refusal(big, 413, "too_large").await;
     // Notifications.
     let note = |body: &'static str, token: Option<String>| {

@@ -23,7 +23,8 @@ pub struct Refused {
     /// The body.
     pub refusal: Refusal,
     /// Whether the connection closes after the answer (a body that stopped
-    /// arriving cannot be read past).
+    /// arriving, or one too large to read, cannot be read past: a client
+    /// that reused the connection would have its next request cut off).
     pub close: bool,
 }
 
@@ -78,9 +79,12 @@ impl Refused {
         Refused::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidMessage, why)
     }
 
-    /// 413.
+    /// 413: the rest of the body is not read, so the connection closes.
     pub fn too_large(why: impl Into<String>) -> Refused {
-        Refused::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, why)
+        Refused {
+            close: true,
+            ..Refused::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, why)
+        }
     }
 
     /// 429: over a rate; may pass after `wait`.
