@@ -368,3 +368,30 @@ async fn next_of_kind(sse: &mut support::Sse, kind: &str) -> serde_json::Value {
         }
     }
 }
+
+#[tokio::test]
+async fn sigterm_while_redis_is_down_does_not_wait_for_it() {
+    let mut redis = Redis::start().await;
+    let a = ready_instance(&redis).await;
+    let mut ada = Client::connect(&a, "Ada").await;
+    ada.join("general").await;
+    redis.stop().await;
+    a.wait_ready(503).await;
+    // A message waits to be sent again (nacked unavailable) as the
+    // server goes down.
+    let nack = ada.say_acked("general", "during").await;
+    assert_eq!(nack["code"], "unavailable", "{nack}");
+    let started = std::time::Instant::now();
+    a.signal("TERM");
+    let frame = ada.closed().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1001);
+    let mut a = a;
+    a.exited_cleanly().await;
+    // Leaving rooms and presence cannot reach Redis; the drain does not
+    // wait for it past the usual (members left behind expire there).
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -18,8 +18,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::gate::{HealthWatch, Places};
-use super::hub::{ConnId, User};
 use super::outbox::{error, rate_limited, Outbox};
+use super::user::{ConnId, User};
 use super::{nack, Chat};
 use crate::protocol::{
     is_valid_client_id, ClientMessage, ErrorCode, ServerMessage, CLOSE_GOING_AWAY,

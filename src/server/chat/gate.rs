@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, Uri};
 
-use super::hub::User;
 use super::outbox::Outbox;
+use super::user::User;
 use super::Chat;
 use crate::protocol::{ErrorCode, ServerMessage};
 use crate::server::admission::{address_key, Slot};

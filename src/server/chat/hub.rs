@@ -31,6 +31,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::outbox::{error, rate_limited, Outbox};
 use super::room::{Arrival, Conn, Room};
+use super::user::{ConnId, User};
 use crate::protocol::{
     is_valid_room, ChatMessage, ErrorCode, Member, ServerMessage, StreamPosition, DEFAULT_ROOMS,
     MAX_ROOM_NAME,
@@ -39,36 +40,12 @@ use crate::server::clock::now_ms;
 use crate::server::cluster::{Broker, PresenceChange, Unavailable};
 use crate::server::metrics;
 
-/// Identifies one chat connection for the life of the process.
-pub type ConnId = u64;
-
 /// How often gathered presence changes are sent.
 pub const PRESENCE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How soon a room that nobody but its creator ever joined is dropped once
 /// empty: a user who creates rooms and leaves them cannot fill the server.
 pub const LONELY_ROOM_IDLE: Duration = Duration::from_secs(60);
-
-/// Who a connection belongs to, from its token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
-    /// The user's id: every limit and presence entry is keyed by it.
-    pub id: Arc<str>,
-    /// Their display name: only shown.
-    pub name: Arc<str>,
-    /// The client's address (per-address limits count under it).
-    pub address: IpAddr,
-}
-
-impl User {
-    /// The user as a room member.
-    pub fn member(&self) -> Member {
-        Member {
-            id: self.id.to_string(),
-            name: self.name.to_string(),
-        }
-    }
-}
 
 /// What [`Hub::admit`] did.
 pub enum Admission {
@@ -286,9 +263,16 @@ impl Hub {
         }
     }
 
-    /// Answers a connection that joins a room it is in with `joined` again,
-    /// without history.
-    pub fn answer_again(&self, conn: ConnId, room: &str, mut members: Vec<Member>) {
+    /// Answers a connection that joins a room it is in with `joined` again:
+    /// with what a read of the stream found (`(history, top, recovered)`,
+    /// when it asked with `since`), else without history.
+    pub fn answer_again(
+        &self,
+        conn: ConnId,
+        room: &str,
+        mut members: Vec<Member>,
+        read: Option<(Vec<ChatMessage>, StreamPosition, bool)>,
+    ) {
         let rooms = self.rooms();
         let Some(r) = rooms.by_name.get(room) else {
             return;
@@ -297,13 +281,20 @@ impl Hub {
             return;
         };
         sort_members(&mut members);
+        let (history, offset, recovered) = match read {
+            Some((history, top, recovered)) if top.epoch == position.epoch => {
+                (history, c.seen.max(top.offset), recovered)
+            }
+            Some(_) => (Vec::new(), c.seen, false),
+            None => (Vec::new(), c.seen, true),
+        };
         c.outbox.send(&ServerMessage::Joined {
             room: room.to_string(),
             members,
-            history: Vec::new(),
+            history,
             epoch: position.epoch.clone(),
-            offset: c.seen,
-            recovered: true,
+            offset,
+            recovered,
         });
     }
 

@@ -25,6 +25,7 @@ pub mod outbox;
 mod reads;
 mod room;
 mod upkeep;
+pub mod user;
 pub mod ws;
 
 use std::collections::BTreeSet;
@@ -50,10 +51,11 @@ use crate::server::limits::RateLimits;
 use crate::server::metrics;
 use crate::server::security::Origins;
 use crate::server::sessions::Sessions;
-use hub::{Admission, ConnId, Hub, JoinAnswer, RoomLimits, User};
+use hub::{Admission, Hub, JoinAnswer, RoomLimits};
 use outbox::Outbox;
 use reads::{decode, decode_all, recent};
 use room::Arrival;
+use user::{ConnId, User};
 
 /// Everything the chat endpoints share.
 pub struct Chat {
@@ -190,9 +192,19 @@ impl Chat {
         let subscribed = match self.hub.admit(id, user, outbox, room)? {
             Admission::Joining(subscribed) => subscribed,
             Admission::AlreadyIn => {
+                // Joined again (a client that saw a gap): the members, and
+                // what came after `since` if it asks.
                 let entered = self.presence.enter(room, &member).await;
                 let entered = entered.map_err(|_| unavailable_error())?;
-                self.hub.answer_again(id, room, entered.members);
+                let read = match since {
+                    Some(since) => Some(
+                        self.read_for_join(room, Some(since), Instant::now())
+                            .await
+                            .map_err(|_| unavailable_error())?,
+                    ),
+                    None => None,
+                };
+                self.hub.answer_again(id, room, entered.members, read);
                 return Ok(());
             }
         };

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::hub::{ConnId, User};
 use super::outbox::{encode, Outbox};
+use super::user::{ConnId, User};
 use crate::protocol::{ChatMessage, Member, ServerMessage, StreamPosition};
 use crate::server::metrics;
 

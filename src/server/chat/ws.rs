@@ -22,8 +22,8 @@ use tracing::Instrument;
 
 use super::client::{self, Connection, End, Incoming, Transport};
 use super::gate::{identify, take_place, too_many_sockets, Places};
-use super::hub::User;
 use super::outbox::{error, Outbox, Queue};
+use super::user::User;
 use super::Chat;
 use crate::protocol::{
     ClientMessage, ErrorCode, CLOSE_INVALID_DATA, CLOSE_PING_TIMEOUT, CLOSE_PROTOCOL_ERROR,
