@@ -8,7 +8,8 @@
 //! - [`protocol`]: the wire types shared by server and client (feed, chat, stats).
 //! - [`app`]: the HTML shell, the app shell (navigation) and the routes.
 //! - [`pages`]: one component per page (`feed`, `chat`, `rooms`, `dashboard`).
-//! - [`chat`]: the chat UI shared by the Chat and Rooms pages.
+//! - [`chat_view`]: the chat view (its state and parts) shared by the Chat
+//!   and Rooms pages.
 //! - [`client`]: the browser's connections (feed and dashboard streams, the
 //!   chat socket) on gloo-net, one async loop each, and the one status badge;
 //!   no-ops on the server, so pages need no `cfg`.
@@ -44,7 +45,7 @@
 
 pub mod app;
 pub mod backoff;
-pub mod chat;
+pub mod chat_view;
 pub mod client;
 pub mod pages;
 pub mod protocol;

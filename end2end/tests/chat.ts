@@ -5,7 +5,10 @@ import { expect } from './fixtures';
 /** The chat's connection badge. */
 const STATUS = 'chat-status';
 export const status = (page: Page) => page.getByTestId(STATUS);
-export const messages = (page: Page) => page.locator('[data-testid=messages] li.msg');
+/** Messages of the room's stream on screen (not one's own on their way). */
+export const messages = (page: Page) => page.locator('[data-testid=messages] li.msg:not([data-testid=own])');
+/** One's own messages on their way (sending…, will retry, not sent, sent). */
+export const own = (page: Page) => page.getByTestId('own');
 export const texts = (page: Page) => messages(page).locator('.msg-text');
 export const input = (page: Page) => page.getByTestId('chat-input');
 export const send = (page: Page) => page.getByTestId('chat-send');
@@ -47,9 +50,11 @@ export async function signIn(page: Page, url: string, name?: string): Promise<st
   return chosen;
 }
 
-/** Sends `text` with Enter, and waits until the box is cleared (the server took it). */
+/** Sends `text` with Enter, and waits until it is in the room's stream on
+ * screen (its echo), with nothing of one's own left on its way. */
 export async function say(page: Page, text: string) {
   await input(page).fill(text);
   await input(page).press('Enter');
   await expect(input(page)).toHaveValue('');
+  await expect(own(page)).toHaveCount(0);
 }

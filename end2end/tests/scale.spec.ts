@@ -1,7 +1,7 @@
 import { test, expect } from './fixtures';
 import { PulseServer } from './server';
 import { RedisServer } from './redis';
-import { input, say, texts } from './chat';
+import { input, own, say, texts } from './chat';
 
 let redis: RedisServer;
 let server: PulseServer;
@@ -55,15 +55,19 @@ test('with Redis down, the badges say the other servers are out of reach, and cl
   await expect(status).toHaveText('Live · other servers unreachable');
   await expect(feedStatus).toHaveText('Live · other servers unreachable');
   // Nothing is shown as sent that the other servers' members would not get:
-  // the message is refused (unavailable), and says so.
+  // the message is refused (unavailable), waits saying why, and is sent
+  // again by the page itself once Redis is back, once.
   await input(page).fill('sent once they are back');
   await input(page).press('Enter');
-  await expect(page.getByTestId('chat-error')).toContainText('cannot be reached');
+  await expect(input(page)).toHaveValue('');
+  await expect(own(page).getByTestId('own-status')).toContainText('cannot be reached');
   await expect(texts(page)).toHaveCount(0);
 
   await redis.launch();
   await expect(status).toHaveText('Live', { timeout: 20_000 });
   await expect(feedStatus).toHaveText('Live');
-  await say(page, 'sent once they are back');
-  await expect(texts(page)).toHaveText(['sent once they are back']);
+  await expect(texts(page)).toHaveText(['sent once they are back'], { timeout: 20_000 });
+  await expect(own(page)).toHaveCount(0);
+  await say(page, 'and on');
+  await expect(texts(page)).toHaveText(['sent once they are back', 'and on']);
 });

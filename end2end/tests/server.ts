@@ -84,6 +84,16 @@ export class PulseServer {
     this.proc = undefined;
   }
 
+  /** Kills the process without a word (SIGKILL), as a crash would. */
+  async kill(): Promise<void> {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null) return;
+    const exited = new Promise((resolve) => proc.once('exit', resolve));
+    proc.kill('SIGKILL');
+    await exited;
+    this.proc = undefined;
+  }
+
   /** Freezes the process (SIGSTOP): its sockets stay open but go silent. */
   freeze(): void {
     this.proc?.kill('SIGSTOP');

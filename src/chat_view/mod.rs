@@ -1,271 +1,60 @@
-//! The chat client shared by the Chat and Rooms pages: the state the pages
-//! render ([`ChatState`]), the sign-in gate, and the parts of a chat view
-//! (status, message list, composer). The socket itself is
-//! [`crate::client::chat`].
+//! The chat view shared by the Chat and Rooms pages: the page's state
+//! ([`state`]), the sign-in gate, and the parts of a chat view (status,
+//! message list with one's own messages as they go, composer). The
+//! connection itself is [`crate::client::chat_link`].
 
-use std::collections::BTreeMap;
+pub mod state;
 
 use leptos::prelude::*;
 
-use crate::client::chat::ChatSocket;
-use crate::client::{ConnState, StatusBadge};
-use crate::protocol::{
-    user_tag, ChatMessage, Member, ServerMessage, MAX_NAME_CHARS, MAX_TEXT_CHARS,
-};
-use crate::session::{current_session, sign_out, Session, SignIn as SignInFn};
+use crate::client::chat_link::{self, ChatLink, Signals};
+use crate::client::sends::{Full, SendState};
+use crate::client::StatusBadge;
+use crate::protocol::{user_tag, MAX_NAME_CHARS, MAX_TEXT_CHARS};
+use crate::session::{current_session, sign_out, SignIn as SignInFn};
 use crate::time::format_time;
+pub use state::ChatState;
+use state::EntryKind;
 
-/// Most entries kept per room on screen.
-const MAX_ENTRIES: usize = 200;
-
-/// One line of a room's stream.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Entry {
-    /// Unique key: the message id, or a local one for notices.
-    pub key: String,
-    /// Server time, ms since the epoch.
-    pub timestamp: u64,
-    /// What it is.
-    pub kind: EntryKind,
-}
-
-/// A message or a notice.
-#[derive(Clone, Debug, PartialEq)]
-pub enum EntryKind {
-    /// Someone said something.
-    Message {
-        /// Author's display name.
-        user: String,
-        /// The tag that tells authors of one name apart.
-        tag: String,
-        /// Text (always rendered as text).
-        text: String,
-    },
-    /// Someone joined or left.
-    Notice(String),
-}
-
-/// What the client knows of one joined room.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct RoomView {
-    /// Members, sorted by name then id.
-    pub members: Vec<Member>,
-    /// Messages and notices, oldest first.
-    pub entries: Vec<Entry>,
-}
-
-impl RoomView {
-    fn add_message(&mut self, m: ChatMessage) {
-        if self.entries.iter().any(|e| e.key == m.id) {
-            return; // already shown (history after a rejoin)
-        }
-        let entry = Entry {
-            key: m.id,
-            timestamp: m.timestamp,
-            kind: EntryKind::Message {
-                user: m.user,
-                tag: user_tag(&m.user_id),
-                text: m.text,
-            },
-        };
-        // Keep time order: history may fill in before newer entries.
-        let at = self
-            .entries
-            .iter()
-            .rposition(|e| e.timestamp <= entry.timestamp)
-            .map_or(0, |i| i + 1);
-        self.entries.insert(at, entry);
-        self.trim();
-    }
-
-    fn add_notice(&mut self, key: u64, timestamp: u64, text: String) {
-        self.entries.push(Entry {
-            key: format!("notice-{key}"),
-            timestamp,
-            kind: EntryKind::Notice(text),
-        });
-        self.trim();
-    }
-
-    fn trim(&mut self) {
-        let excess = self.entries.len().saturating_sub(MAX_ENTRIES);
-        self.entries.drain(..excess);
-    }
-}
-
-/// Everything the chat pages render, as signals.
-#[derive(Clone, Copy)]
-pub struct ChatState {
-    /// The connection indicator.
-    pub status: RwSignal<ConnState>,
-    /// The signed-in user; `None` shows the sign-in form.
-    pub session: RwSignal<Option<Session>>,
-    /// Joined rooms by name.
-    pub rooms: RwSignal<BTreeMap<String, RoomView>>,
-    /// The last error the server reported, shown until the next action.
-    pub error: RwSignal<Option<String>>,
-    /// A message was sent and neither its echo nor a refusal has come back:
-    /// the composer keeps the text until the server has taken it.
-    pub awaiting: RwSignal<bool>,
-    /// Counts the server's acceptances of one's own messages (the composer
-    /// clears its text on each).
-    pub accepted: RwSignal<u64>,
-    /// Set by signing in here, so the composer takes the focus.
-    pub just_signed_in: RwSignal<bool>,
-    /// Whether the connection runs over the HTTP fallback (WebSockets do not
-    /// get through).
-    pub over_http: RwSignal<bool>,
-    /// Keys for notices.
-    next_notice: StoredValue<u64>,
-}
-
-impl ChatState {
-    fn new(session: Option<Session>) -> Self {
-        ChatState {
-            status: RwSignal::new(ConnState::Connecting),
-            session: RwSignal::new(session),
-            rooms: RwSignal::new(BTreeMap::new()),
-            error: RwSignal::new(None),
-            awaiting: RwSignal::new(false),
-            accepted: RwSignal::new(0),
-            just_signed_in: RwSignal::new(false),
-            over_http: RwSignal::new(false),
-            next_notice: StoredValue::new(0),
-        }
-    }
-
-    /// Applies one frame from the server.
-    pub fn apply(&self, msg: ServerMessage) {
-        match msg {
-            ServerMessage::Joined {
-                room,
-                members,
-                history,
-                ..
-            } => self.rooms.update(|rooms| {
-                let view = rooms.entry(room).or_default();
-                view.members = members;
-                for m in history {
-                    view.add_message(m);
-                }
-            }),
-            ServerMessage::Presence {
-                room,
-                joined,
-                left,
-                timestamp,
-            } => self.rooms.update(|rooms| {
-                let Some(view) = rooms.get_mut(&room) else {
-                    return;
-                };
-                // Only real changes are told: a diff may repeat what the
-                // `joined` answer already listed.
-                let came: Vec<Member> = joined
-                    .into_iter()
-                    .filter(|m| !view.members.iter().any(|x| x.id == m.id))
-                    .collect();
-                let went: Vec<Member> = left
-                    .into_iter()
-                    .filter(|m| view.members.iter().any(|x| x.id == m.id))
-                    .collect();
-                view.members.retain(|x| !went.iter().any(|m| m.id == x.id));
-                view.members.extend(came.iter().cloned());
-                view.members
-                    .sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
-                for (who, verb) in [(&came, "joined"), (&went, "left")] {
-                    if !who.is_empty() {
-                        let key = self.next_notice.get_value();
-                        self.next_notice.set_value(key + 1);
-                        view.add_notice(key, timestamp, format!("{} {verb}", names(who)));
-                    }
-                }
-            }),
-            ServerMessage::Message(m) => {
-                let mine = self
-                    .session
-                    .with_untracked(|s| s.as_ref().is_some_and(|s| s.user_id == m.user_id));
-                if mine && self.awaiting.get_untracked() {
-                    self.awaiting.set(false);
-                    self.accepted.update(|n| *n += 1);
-                }
-                self.rooms.update(|rooms| {
-                    if let Some(view) = rooms.get_mut(&m.room) {
-                        view.add_message(m);
-                    }
-                })
-            }
-            ServerMessage::Health { other_servers } => self.status.update(|status| {
-                if status.is_live() {
-                    *status = if other_servers {
-                        ConnState::Live
-                    } else {
-                        ConnState::LiveAlone
-                    };
-                }
-            }),
-            // The connection's own business, not the page's.
-            ServerMessage::Pong { .. }
-            | ServerMessage::Hello { .. }
-            | ServerMessage::Closed { .. }
-            | ServerMessage::Ack { .. } => {}
-            ServerMessage::Left { room } => self.rooms.update(|rooms| {
-                rooms.remove(&room);
-            }),
-            ServerMessage::Error { message, .. } | ServerMessage::Nack { message, .. } => {
-                // A refused message stays in the composer, with the reason.
-                self.awaiting.set(false);
-                self.error.set(Some(message));
-            }
-        }
-    }
-}
-
-/// "Ada #3f9c", "Ada #3f9c and Bob #0a1b", "Ada #3f9c, Bob #0a1b and 3 others".
-fn names(members: &[Member]) -> String {
-    let shown: Vec<String> = members
-        .iter()
-        .take(2)
-        .map(|m| format!("{} {}", m.name, user_tag(&m.id)))
-        .collect();
-    match members.len() {
-        0 => String::new(),
-        1 => shown[0].clone(),
-        2 => format!("{} and {}", shown[0], shown[1]),
-        n => format!("{}, {} and {} others", shown[0], shown[1], n - 2),
-    }
-}
-
-/// Sends to the server through the page's socket (a no-op while rendering on
-/// the server, where there is none).
+/// The page's connection: its signals, and the handle to act through (a
+/// no-op while rendering on the server, where there is none).
 #[derive(Clone, Copy)]
 pub struct Connection {
-    /// The socket, while the view lives.
-    socket: StoredValue<Option<ChatSocket>>,
+    /// What the connection keeps up to date.
+    pub signals: Signals,
+    /// The handle, while the view lives.
+    link: StoredValue<Option<ChatLink>>,
 }
 
 impl Connection {
-    /// Joins `room` (and rejoins it after reconnects).
-    pub fn join(&self, room: &str) {
-        self.socket.with_value(|s| {
-            if let Some(s) = s {
-                s.join(room)
+    fn with(&self, act: impl FnOnce(&ChatLink)) {
+        self.link.with_value(|l| {
+            if let Some(l) = l {
+                act(l)
             }
         });
+    }
+
+    /// Joins `room` (and rejoins it after reconnects).
+    pub fn join(&self, room: &str) {
+        self.with(|l| l.join(room));
     }
 
     /// Leaves `room`.
     pub fn leave(&self, room: &str) {
-        self.socket.with_value(|s| {
-            if let Some(s) = s {
-                s.leave(room)
-            }
-        });
+        self.with(|l| l.leave(room));
     }
 
-    /// Says `text` in `room`; false if not connected.
-    pub fn say(&self, room: &str, text: &str) -> bool {
-        self.socket
-            .with_value(|s| s.as_ref().is_some_and(|s| s.say(room, text)))
+    /// Says `text` in `room`: pending at once, sent when it can be.
+    pub fn send(&self, room: &str, text: &str) -> Result<(), Full> {
+        let mut sent = Ok(());
+        self.with(|l| sent = l.send(room, text));
+        sent
+    }
+
+    /// Sends a failed message again.
+    pub fn retry(&self, client_id: &str) {
+        self.with(|l| l.retry(client_id));
     }
 }
 
@@ -304,35 +93,38 @@ pub fn ChatGate(
     }
 }
 
-/// Opens the socket for the signed-in user (in the browser) and closes it when
-/// the view goes away.
+/// Connects for the signed-in user (in the browser) and closes the
+/// connection when the view goes away.
 #[component]
 fn Connected(state: ChatState, body: fn(ChatState, Connection) -> AnyView) -> impl IntoView {
-    let expires_at = state
-        .session
-        .with_untracked(|s| s.as_ref().map_or(0, |s| s.expires_at));
-    state.status.set(ConnState::Connecting);
+    let link = chat_link::connect(state.session, move |seen| state.apply(seen));
     let conn = Connection {
-        socket: StoredValue::new(Some(ChatSocket::open(state, expires_at))),
+        signals: link.signals,
+        link: StoredValue::new(Some(link)),
     };
     on_cleanup(move || {
-        conn.socket.update_value(|s| {
-            if let Some(s) = s.take() {
-                s.close();
+        conn.link.update_value(|l| {
+            if let Some(l) = l.take() {
+                l.close();
             }
         })
     });
     let on_sign_out = move |_| {
+        conn.link.update_value(|l| {
+            if let Some(l) = l.take() {
+                l.close();
+            }
+        });
         leptos::task::spawn_local(async move {
             let _ = sign_out().await;
-            state.status.set(ConnState::Stopped);
             state.session.set(None);
         });
     };
+    let signals = conn.signals;
     view! {
         <div class="chat-head">
-            <StatusBadge state=state.status testid="chat-status"/>
-            <span class="transport muted" data-testid="chat-transport" hidden=move || !state.over_http.get()>
+            <StatusBadge state=signals.state testid="chat-status"/>
+            <span class="transport muted" data-testid="chat-transport" hidden=move || !signals.over_http.get()>
                 "over HTTP (WebSockets are blocked)"
             </span>
             <span class="whoami">
@@ -392,9 +184,14 @@ fn SignIn(state: ChatState, suggested: String) -> impl IntoView {
     }
 }
 
-/// A room's messages and notices, keeping the newest in view.
+/// A room's messages and notices, then one's own messages on their way
+/// (sending…, will retry, failed with a Retry), keeping the newest in view.
 #[component]
-pub fn MessageList(state: ChatState, #[prop(into)] room: Signal<String>) -> impl IntoView {
+pub fn MessageList(
+    state: ChatState,
+    conn: Connection,
+    #[prop(into)] room: Signal<String>,
+) -> impl IntoView {
     let list = NodeRef::<leptos::html::Ol>::new();
     let entries = move || {
         state
@@ -412,8 +209,23 @@ pub fn MessageList(state: ChatState, #[prop(into)] room: Signal<String>) -> impl
         }
         unseen.set(false);
     };
+    let sends = conn.signals.sends;
+    let own = move || {
+        let me = state
+            .session
+            .with(|s| s.as_ref().map(|s| (s.user.clone(), user_tag(&s.user_id))))
+            .unwrap_or_default();
+        sends.with(|s| {
+            s.all()
+                .iter()
+                .filter(|o| o.room == room.get())
+                .map(|o| (o.clone(), me.clone()))
+                .collect::<Vec<_>>()
+        })
+    };
     Effect::new(move |_| {
         state.rooms.track();
+        sends.track();
         room.track();
         if at_bottom.get_value() {
             to_bottom();
@@ -439,7 +251,7 @@ pub fn MessageList(state: ChatState, #[prop(into)] room: Signal<String>) -> impl
                 children=move |e| {
                     let time = format_time(e.timestamp, true);
                     match e.kind {
-                        EntryKind::Message { user, tag, text } => view! {
+                        EntryKind::Message { user, tag, text, .. } => view! {
                             <li class="msg">
                                 <span class="msg-user">{user}</span>
                                 <span class="user-tag">{tag}</span>
@@ -455,6 +267,38 @@ pub fn MessageList(state: ChatState, #[prop(into)] room: Signal<String>) -> impl
                             </li>
                         }
                             .into_any(),
+                        EntryKind::Missing => view! {
+                            <li class="notice missing" data-testid="missing">
+                                <span class="notice-text">"Some messages may be missing"</span>
+                            </li>
+                        }
+                            .into_any(),
+                    }
+                }
+            />
+            <For
+                each=own
+                key=|(o, _)| (o.client_id.clone(), format!("{:?}", o.state))
+                children=move |(o, (user, tag))| {
+                    let (class, status) = match &o.state {
+                        SendState::Queued | SendState::InFlight => ("msg pending", "sending…".to_string()),
+                        SendState::Waiting { reason, .. } => ("msg pending", format!("will retry: {reason}")),
+                        SendState::Failed { reason } => ("msg failed", format!("not sent: {reason}")),
+                        SendState::Sent { .. } => ("msg sent", "sent".to_string()),
+                    };
+                    let failed = matches!(o.state, SendState::Failed { .. });
+                    let client_id = o.client_id.clone();
+                    view! {
+                        <li class=class data-testid="own" data-state=format!("{:?}", o.state).split([' ', '{']).next().unwrap_or_default().to_lowercase()>
+                            <span class="msg-user">{user}</span>
+                            <span class="user-tag">{tag}</span>
+                            <span class="msg-status" data-testid="own-status">{status}</span>
+                            <span class="msg-text">{o.text.clone()}</span>
+                            {failed.then(|| view! {
+                                <button type="button" class="link" data-testid="retry"
+                                    on:click=move |_| conn.retry(&client_id)>"Retry"</button>
+                            })}
+                        </li>
                     }
                 }
             />
@@ -474,9 +318,10 @@ pub fn MessageList(state: ChatState, #[prop(into)] room: Signal<String>) -> impl
     }
 }
 
-/// The message input and Send button, disabled while disconnected; Enter
-/// sends. The text stays until the server has taken the message: a refused
-/// one (too fast, invalid) can be sent again, with the reason shown above.
+/// The message input and Send button; Enter sends. Always usable: what
+/// is typed while offline is queued (shown pending, kept across reloads) and
+/// sent once a connection is back; past the room's bound the composer says
+/// so.
 #[component]
 pub fn Composer(
     state: ChatState,
@@ -485,18 +330,10 @@ pub fn Composer(
 ) -> impl IntoView {
     let text = RwSignal::new(String::new());
     let input = NodeRef::<leptos::html::Input>::new();
-    let offline = move || !state.status.get().is_live();
-    Effect::new(move |seen: Option<u64>| {
-        let accepted = state.accepted.get();
-        if seen.is_some_and(|seen| seen != accepted) {
-            text.set(String::new());
-        }
-        accepted
-    });
     // After signing in here, the next thing to do is to type.
     Effect::new(move |_| {
         if let Some(el) = input.get() {
-            if state.just_signed_in.get_untracked() && !offline() {
+            if state.just_signed_in.get_untracked() {
                 state.just_signed_in.set(false);
                 let _ = el.focus();
             }
@@ -505,12 +342,19 @@ pub fn Composer(
     let on_submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let value = text.get_untracked();
-        if value.trim().is_empty() || state.awaiting.get_untracked() {
+        if value.trim().is_empty() {
             return;
         }
-        state.error.set(None);
-        if conn.say(&room.get_untracked(), &value) {
-            state.awaiting.set(true);
+        match conn.send(&room.get_untracked(), value.trim()) {
+            Ok(()) => {
+                state.error.set(None);
+                text.set(String::new());
+            }
+            Err(Full) => state.error.set(Some(
+                "Too many messages are waiting to be sent in this room; \
+                 this one can be sent once they are."
+                    .into(),
+            )),
         }
     };
     view! {
@@ -522,12 +366,11 @@ pub fn Composer(
                 placeholder="Type a message…"
                 autocomplete="off"
                 maxlength=MAX_TEXT_CHARS
-                disabled=offline
                 node_ref=input
                 prop:value=move || text.get()
                 on:input=move |ev| text.set(event_target_value(&ev))
             />
-            <button type="submit" data-testid="chat-send" disabled=offline>"Send"</button>
+            <button type="submit" data-testid="chat-send">"Send"</button>
         </form>
     }
 }

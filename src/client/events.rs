@@ -81,6 +81,7 @@ mod browser {
 
     use gloo_timers::future::IntervalStream;
 
+    use super::super::liveness::Liveness;
     use super::super::retry::{Backoff, Wakeups, CONNECT_TIMEOUT};
     use super::{ConnState, Received};
     use crate::protocol::{StreamPing, PING_EVENT};
@@ -90,11 +91,8 @@ mod browser {
     const LOOK: Duration = Duration::from_millis(250);
 
     /// Follows the stream for ever (until the future is dropped), handing
-    /// each heartbeat's interval to `on_ping`.
-    ///
-    /// A stream that stays silent for twice its heartbeat interval is dead
-    /// even if the browser still calls it open (a NAT or a proxy dropped it,
-    /// the server froze): it is closed and opened again.
+    /// each heartbeat's interval to `on_ping`. A stream that is dead by the
+    /// one rule of [`Liveness`] is closed and opened again.
     pub async fn run(
         url: &dyn Fn() -> String,
         report: &dyn Fn(ConnState),
@@ -110,10 +108,9 @@ mod browser {
                 {
                     let mut waited = Duration::ZERO;
                     let mut opened = false;
-                    // Time since anything came, and how much is too much
-                    // (known from the first heartbeat).
-                    let mut silent = Duration::ZERO;
-                    let mut deadly: Option<Duration> = None;
+                    // Not dead by silence until its first heartbeat says
+                    // how often it speaks.
+                    let mut alive = Liveness::new(f64::INFINITY);
                     // One timer for the stream's life (one per turn of the
                     // loop would restart with every event).
                     let mut look = IntervalStream::new(LOOK.as_millis() as u32).fuse();
@@ -121,7 +118,7 @@ mod browser {
                         futures::select! {
                             event = events.next().fuse() => match event {
                                 Some(Ok((_, event))) => {
-                                    silent = Duration::ZERO;
+                                    alive.heard();
                                     if !opened {
                                         opened = true;
                                         backoff.reset();
@@ -137,14 +134,13 @@ mod browser {
                             },
                             ping = pings.next().fuse() => match ping {
                                 Some(Ok((_, ping))) => {
-                                    silent = Duration::ZERO;
+                                    alive.heard();
                                     let ping = ping.data().as_string().and_then(|data| {
                                         serde_json::from_str::<StreamPing>(&data).ok()
                                     });
                                     if let Some(ping) = ping {
-                                        let every = Duration::from_millis(ping.interval_ms);
-                                        deadly = Some(every * 2);
-                                        on_ping(every);
+                                        alive.set_interval(ping.interval_ms as f64);
+                                        on_ping(Duration::from_millis(ping.interval_ms));
                                     }
                                 }
                                 Some(Err(_)) | None => break,
@@ -157,8 +153,7 @@ mod browser {
                                     report(ConnState::Live);
                                 }
                                 State::Open => {
-                                    silent += LOOK;
-                                    if deadly.is_some_and(|deadly| silent > deadly) {
+                                    if alive.dead() {
                                         break;
                                     }
                                 }

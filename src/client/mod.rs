@@ -1,6 +1,8 @@
 //! The browser's connections, in one place: the feed's and the dashboard's
-//! event streams ([`events`]) and the chat socket ([`chat`]), all on
-//! gloo-net.
+//! event streams ([`events`]) and the chat connection ([`chat_link`]), all
+//! on gloo-net; what they keep of the stream ([`positions`]) and of one's
+//! own messages ([`sends`]); and what the browser remembers ([`stored`]).
+//! Nothing here knows the pages: they take signals and give callbacks.
 //!
 //! Each connection is one async loop driven by `spawn_local`: open, read
 //! until it ends, wait (exponential backoff with full jitter, shown as a
@@ -14,10 +16,14 @@
 //! carry no `cfg`: a page calls [`events::follow`] and gets a [`Running`]
 //! connection in the browser and an inert one while rendering.
 
-pub mod chat;
+pub mod chat_link;
 pub mod events;
 #[cfg(feature = "hydrate")]
+mod liveness;
+pub mod positions;
+#[cfg(feature = "hydrate")]
 mod retry;
+pub mod sends;
 mod status;
 pub mod stored;
 #[cfg(feature = "hydrate")]

@@ -65,10 +65,22 @@ impl<T> Drop for Channel<T> {
     }
 }
 
+/// A random id of `words` × 32 bits, in hex: a tab's, or a message's
+/// `client_id`.
+pub fn random_id(words: usize) -> String {
+    (0..words)
+        .map(|_| {
+            format!(
+                "{:08x}",
+                (js_sys::Math::random() * f64::from(u32::MAX)) as u32
+            )
+        })
+        .collect()
+}
+
 /// A random id for this tab's part in a shared connection.
 pub fn tab_id() -> String {
-    let part = || (js_sys::Math::random() * f64::from(u32::MAX)) as u32;
-    format!("{:08x}{:08x}", part(), part())
+    random_id(2)
 }
 
 /// The browser's LockManager, if it has one.

@@ -5,7 +5,7 @@
 use leptos::prelude::*;
 use leptos_meta::Title;
 
-use crate::chat::{ChatGate, ChatState, Composer, Connection, MessageList};
+use crate::chat_view::{ChatGate, ChatState, Composer, Connection, MessageList};
 
 /// The room this page talks in.
 const ROOM: &str = "general";
@@ -27,7 +27,7 @@ fn general(state: ChatState, conn: Connection) -> AnyView {
     let room = Signal::derive(|| ROOM.to_string());
     view! {
         <div class="chat">
-            <MessageList state room/>
+            <MessageList state conn room/>
             <Composer state conn room/>
         </div>
     }

@@ -8,7 +8,7 @@ use leptos_meta::Title;
 
 use leptos_router::hooks::{use_navigate, use_params_map};
 
-use crate::chat::{ChatGate, ChatState, Composer, Connection, MessageList};
+use crate::chat_view::{ChatGate, ChatState, Composer, Connection, MessageList};
 use crate::client::stored;
 use crate::protocol::{is_valid_room, DEFAULT_ROOMS, MAX_ROOM_NAME};
 
@@ -150,7 +150,7 @@ fn rooms(state: ChatState, conn: Connection) -> AnyView {
             </aside>
             <div class="chat">
                 <h2 data-testid="current-room">"#"{move || current.get()}</h2>
-                <MessageList state room/>
+                <MessageList state conn room/>
                 <Composer state conn room/>
             </div>
             <aside class="members">
