@@ -52,9 +52,14 @@ export async function signIn(page: Page, url: string, name?: string): Promise<st
 
 /** Sends `text` with Enter, and waits until it is in the room's stream on
  * screen (its echo), with nothing of one's own left on its way. */
-export async function say(page: Page, text: string) {
+/** Types `text` and presses Enter, without waiting for the server. */
+export async function type(page: Page, text: string) {
   await input(page).fill(text);
   await input(page).press('Enter');
   await expect(input(page)).toHaveValue('');
+}
+
+export async function say(page: Page, text: string) {
+  await type(page, text);
   await expect(own(page)).toHaveCount(0);
 }

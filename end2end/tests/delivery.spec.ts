@@ -3,7 +3,7 @@ import { Browser, BrowserContext, Page } from '@playwright/test';
 import { PulseServer } from './server';
 import { RedisServer } from './redis';
 import { Nginx } from './nginx';
-import { input, members, own, recordStatus, say, send, signIn, status, texts } from './chat';
+import { members, own, recordStatus, say, send, signIn, status, texts, type } from './chat';
 
 // Every message on screen accounted for: pending, sent, failed, recovered,
 // missing. Real servers (and Redis and nginx where a test needs them), real
@@ -39,11 +39,13 @@ async function newContext(browser: Browser): Promise<[BrowserContext, Page]> {
   return [context, await context.newPage()];
 }
 
-/** Types `text` and presses Enter, without waiting for the server. */
-async function type(page: Page, text: string) {
-  await input(page).fill(text);
-  await input(page).press('Enter');
-  await expect(input(page)).toHaveValue('');
+/** Alice and Bob, each in a browser of their own, signed in at `url`. */
+async function aliceAndBob(browser: Browser, url: string): Promise<[BrowserContext, Page, Page]> {
+  const [aliceContext, alice] = await newContext(browser);
+  const [, bob] = await newContext(browser);
+  await signIn(alice, url, 'Alice');
+  await signIn(bob, url, 'Bob');
+  return [aliceContext, alice, bob];
 }
 
 /** The texts `page` shows, checked to be each once. */
@@ -55,10 +57,7 @@ async function onceEach(page: Page): Promise<string[]> {
 
 test('typed offline: shown pending, sent in order once back, each once for the peer too', async ({ browser }) => {
   const server = await start();
-  const [aliceContext, alice] = await newContext(browser);
-  const [, bob] = await newContext(browser);
-  await signIn(alice, server.url + '/chat', 'Alice');
-  await signIn(bob, server.url + '/chat', 'Bob');
+  const [aliceContext, alice, bob] = await aliceAndBob(browser, server.url + '/chat');
 
   await aliceContext.setOffline(true);
   await expect(status(alice)).toHaveText('Offline');
@@ -78,10 +77,7 @@ test('typed offline: shown pending, sent in order once back, each once for the p
 
 test('typed offline, then reloaded while still offline: sent once the network is back', async ({ browser }) => {
   const server = await start();
-  const [aliceContext, alice] = await newContext(browser);
-  const [, bob] = await newContext(browser);
-  await signIn(alice, server.url + '/chat', 'Alice');
-  await signIn(bob, server.url + '/chat', 'Bob');
+  const [aliceContext, alice, bob] = await aliceAndBob(browser, server.url + '/chat');
 
   await aliceContext.setOffline(true);
   await expect(status(alice)).toHaveText('Offline');
@@ -103,10 +99,7 @@ test('a rate-limited message says so, is sent again by itself, and appears once'
   test.setTimeout(90_000);
   // Three a minute: the fourth waits about twenty seconds.
   const server = await start({ PULSE_RATE_LIMIT_PER_MIN: '3' });
-  const [, alice] = await newContext(browser);
-  const [, bob] = await newContext(browser);
-  await signIn(alice, server.url + '/chat', 'Alice');
-  await signIn(bob, server.url + '/chat', 'Bob');
+  const [, alice, bob] = await aliceAndBob(browser, server.url + '/chat');
   for (const text of ['1', '2', '3', '4']) await type(alice, text);
   await expect(own(alice).getByTestId('own-status')).toHaveText(/will retry: too many messages/);
   await expect(texts(bob)).toHaveText(['1', '2', '3']);
@@ -120,10 +113,7 @@ test('missed messages come back after a server restart; past PULSE_RECOVERY_MAX 
   test.setTimeout(90_000);
   redis = await RedisServer.start();
   const server = await start({ PULSE_REDIS_URL: redis.url, PULSE_RECOVERY_MAX: '3' });
-  const [aliceContext, alice] = await newContext(browser);
-  const [, bob] = await newContext(browser);
-  await signIn(alice, server.url + '/rooms/tech', 'Alice');
-  await signIn(bob, server.url + '/rooms/tech', 'Bob');
+  const [aliceContext, alice, bob] = await aliceAndBob(browser, server.url + '/rooms/tech');
   await say(bob, 'before');
   await expect(texts(alice)).toHaveText(['before']);
 

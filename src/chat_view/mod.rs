@@ -289,7 +289,7 @@ pub fn MessageList(
                     let failed = matches!(o.state, SendState::Failed { .. });
                     let client_id = o.client_id.clone();
                     view! {
-                        <li class=class data-testid="own" data-state=format!("{:?}", o.state).split([' ', '{']).next().unwrap_or_default().to_lowercase()>
+                        <li class=class data-testid="own" data-state=o.state.name()>
                             <span class="msg-user">{user}</span>
                             <span class="user-tag">{tag}</span>
                             <span class="msg-status" data-testid="own-status">{status}</span>

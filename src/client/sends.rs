@@ -49,6 +49,19 @@ pub enum SendState {
     },
 }
 
+impl SendState {
+    /// Its name, as the page marks it (`data-state`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            SendState::Queued => "queued",
+            SendState::InFlight => "inflight",
+            SendState::Waiting { .. } => "waiting",
+            SendState::Failed { .. } => "failed",
+            SendState::Sent { .. } => "sent",
+        }
+    }
+}
+
 /// One own message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Outgoing {

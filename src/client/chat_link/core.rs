@@ -282,18 +282,11 @@ impl Core {
     /// Renews the session; true once renewed. On failure, tries again in
     /// two minutes: the connection lives until `exp` anyway.
     pub async fn renew(&mut self) -> bool {
-        match renew_session().await {
-            Ok(session) => {
-                self.signals.session.set(Some(session));
-                self.schedule_renewal();
-                true
-            }
-            Err(e) => {
-                leptos::logging::warn!("cannot renew the session yet: {e}");
-                self.renew_at = now() + 120_000.0;
-                false
-            }
+        let renewed = self.renew_now().await;
+        if !renewed {
+            self.renew_at = now() + 120_000.0;
         }
+        renewed
     }
 
     /// The session ended under the connection: renew it at once; false if
