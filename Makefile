@@ -14,7 +14,7 @@ FRONT   := target/front.stamp
 # The load generator (bench/).
 BENCH   := bench/target/release/pulse-bench
 
-.PHONY: run dev release test lint e2e bench bench-bin tools test-tools clean
+.PHONY: run dev release test lint e2e bench bench-bin image tools test-tools clean
 
 ## run: install the tools, build the release binary, serve on http://127.0.0.1:3000
 run: tools $(BIN)
@@ -37,6 +37,10 @@ test: test-tools lint $(FRONT)
 ## bench: load-test the release server (pinned to core 0; the load generator on core 1)
 bench: tools $(BIN) bench-bin
 	taskset -c 1 $(BENCH) $(abspath $(BIN))
+
+## image: the static musl binary checked alone, then the OCI image FROM scratch (podman)
+image: tools $(FRONT)
+	scripts/image.sh
 
 # The load generator is its own crate (own lock file and target dir); CI
 # builds it so that it cannot rot.

@@ -315,8 +315,10 @@ pub struct AppSettings {
     #[serde(skip)]
     pub jwt_secret: Option<Secret>,
 
-    /// Redis for running several instances, e.g. redis://127.0.0.1:6379
-    /// (unset: one instance, in-process).
+    /// Redis for running several instances: redis://127.0.0.1:6379, a Redis
+    /// Cluster as redis+cluster://host:port,host:port, or a master found through
+    /// Sentinel as redis+sentinel://host:port,host:port/master-name (unset: one
+    /// instance, in-process).
     #[arg(long, env = "PULSE_REDIS_URL", global = true, hide_env_values = true,
           value_parser = redis_url)]
     #[serde(skip)]
@@ -429,12 +431,7 @@ fn jwt_secret(text: &str) -> Result<Secret, String> {
 }
 
 fn redis_url(text: &str) -> Result<Secret, String> {
-    if !["redis://", "rediss://", "unix://", "redis+unix://"]
-        .iter()
-        .any(|scheme| text.starts_with(scheme))
-    {
-        return Err("must be a URL like redis://127.0.0.1:6379".into());
-    }
+    crate::server::cluster::check_redis_url(text)?;
     Ok(Secret(text.to_string()))
 }
 

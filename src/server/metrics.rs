@@ -38,6 +38,9 @@ pub const ROOMS: &str = "pulse_rooms";
 pub const BROKER_CONNECTED: &str = "pulse_broker_connected";
 /// Time to publish one event to the broker.
 pub const BROKER_PUBLISH_SECONDS: &str = "pulse_broker_publish_seconds";
+/// Probes that did not come back through Redis pub/sub in time (the
+/// connection was opened afresh).
+pub const BROKER_PROBES_LOST: &str = "pulse_broker_probes_lost_total";
 /// Chat messages not published, answered `nack`, by code.
 pub const NACKED: &str = "pulse_messages_nacked_total";
 /// Publications the broker handed this instance (its own and others').
@@ -147,6 +150,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
         counter!(name).absolute(0);
     }
     metrics::describe_counter!(MESSAGES_RECEIVED, "Chat frames received from clients.");
+    metrics::describe_counter!(
+        BROKER_PROBES_LOST,
+        "Redis pub/sub probes that did not come back in time (connection opened afresh)."
+    );
     metrics::describe_counter!(
         MESSAGES_DELIVERED,
         "Chat messages delivered, one per recipient."
@@ -265,6 +272,11 @@ pub fn set_broker_connected(up: bool) {
 /// One publish to the broker took `d`.
 pub fn broker_publish_latency(d: std::time::Duration) {
     metrics::histogram!(BROKER_PUBLISH_SECONDS).record(d.as_secs_f64());
+}
+
+/// A probe did not come back: the subscriptions stopped delivering.
+pub fn broker_probe_lost() {
+    counter!(BROKER_PROBES_LOST).increment(1);
 }
 
 /// A chat message was answered `nack` with `code`.

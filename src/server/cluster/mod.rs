@@ -132,6 +132,11 @@ pub fn connect(redis_url: Option<&str>, limits: StreamLimits) -> Result<Cluster,
     }
 }
 
+/// Whether `url` is a form `PULSE_REDIS_URL` takes (the error says why not).
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    redis::check_url(url)
+}
+
 /// A fresh epoch: random, so that a lost stream is never taken for the one
 /// before it.
 pub fn new_epoch() -> String {

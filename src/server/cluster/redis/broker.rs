@@ -47,8 +47,14 @@ impl RedisBroker {
             link,
             limits,
             revocations,
-            publish: Script::new(include_str!("publish.lua")),
-            history: Script::new(include_str!("history.lua")),
+            publish: Script::new(concat!(
+                include_str!("epoch.lua"),
+                include_str!("publish.lua")
+            )),
+            history: Script::new(concat!(
+                include_str!("epoch.lua"),
+                include_str!("history.lua")
+            )),
         }
     }
 
@@ -110,7 +116,7 @@ impl Broker for RedisBroker {
             .arg(room_channel(room))
             .arg(window)
             .arg(new_epoch())
-            .arg("PUBLISH");
+            .arg(self.link.publish_command());
         let (epoch, offset, duplicate): (String, u64, u8) = self
             .link
             .call(|mut c| async move { invocation.invoke_async(&mut c).await })

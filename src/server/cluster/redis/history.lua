@@ -5,11 +5,8 @@
 -- ARGV[1] 'latest' or 'after', ARGV[2] how many, ARGV[3] the offset to read
 -- after, ARGV[4] an epoch for a new stream, ARGV[5] TTL of the stream (ms)
 -- Returns {epoch, top offset, entries}; 'latest' entries newest first.
-local epoch = redis.call('HGET', KEYS[2], 'e')
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'e', epoch, 's', 0, 'b', 0)
+local epoch, new = current_epoch(KEYS[1], KEYS[2], ARGV[4])
+if new then
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
   return {epoch, 0, {}}
 end

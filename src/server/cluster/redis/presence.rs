@@ -138,11 +138,7 @@ impl Presence for RedisPresence {
         }
         let now = now_ms();
         let expiry = now + self.ttl.as_millis() as u64;
-        // One round trip for every room: the script is loaded first (a
-        // restarted Redis has forgotten it), then run once a room.
-        let mut pipe = redis::pipe();
-        pipe.load_script(&self.sweep).ignore();
-        for room in rooms {
+        let invocation = |room: &String| {
             let mut invocation = self.sweep.prepare_invoke();
             Self::keys(&mut invocation, room);
             invocation
@@ -153,9 +149,30 @@ impl Presence for RedisPresence {
             for (_, member) in here.iter().filter(|(r, _)| r == room) {
                 invocation.arg(&member.id).arg(&member.name);
             }
-            pipe.invoke_script(&invocation);
-        }
-        let answers: Vec<Vec<String>> = self.link.query(&pipe).await?;
+            invocation
+        };
+        let answers: Vec<Vec<String>> = if self.link.sharded() {
+            // One room a call (rooms live on different shards), all sent
+            // together; each loads the script where it is missing.
+            let sweeps = rooms.iter().map(|room| {
+                let invocation = invocation(room);
+                self.link
+                    .call(|mut c| async move { invocation.invoke_async(&mut c).await })
+            });
+            futures::future::join_all(sweeps)
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?
+        } else {
+            // One round trip for every room: the script is loaded first (a
+            // restarted Redis has forgotten it), then run once a room.
+            let mut pipe = redis::pipe();
+            pipe.load_script(&self.sweep).ignore();
+            for room in rooms {
+                pipe.invoke_script(&invocation(room));
+            }
+            self.link.query(&pipe).await?
+        };
         Ok(rooms
             .iter()
             .zip(answers)

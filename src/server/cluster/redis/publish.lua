@@ -1,8 +1,8 @@
 -- Appends one publication to a room's stream and publishes it, atomically,
 -- so that the offset order is the order every subscriber receives.
 --
--- KEYS[1] the stream, KEYS[2] its meta hash (e: epoch, s: top offset,
---         b: bytes kept), KEYS[3] the idempotency key (unused if ARGV[6] is 0)
+-- KEYS[1] the stream, KEYS[2] its meta hash (see epoch.lua), KEYS[3] the
+--         idempotency key (unused if ARGV[6] is 0)
 -- ARGV[1] the data, ARGV[2] most publications kept, ARGV[3] most bytes kept,
 -- ARGV[4] TTL of the stream (ms), ARGV[5] the room's channel,
 -- ARGV[6] dedup window (ms, 0: no key), ARGV[7] an epoch for a new stream,
@@ -15,13 +15,7 @@ if ARGV[6] ~= '0' then
     return {string.sub(seen, 1, sep - 1), tonumber(string.sub(seen, sep + 1)), 1}
   end
 end
-local epoch = redis.call('HGET', KEYS[2], 'e')
-if not epoch then
-  -- A new stream (or its meta was lost: what is left of the old one goes).
-  epoch = ARGV[7]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'e', epoch, 's', 0, 'b', 0)
-end
+local epoch = current_epoch(KEYS[1], KEYS[2], ARGV[7])
 local offset = redis.call('HINCRBY', KEYS[2], 's', 1)
 redis.call('XADD', KEYS[1], offset .. '-0', 'd', ARGV[1])
 local len = redis.call('XLEN', KEYS[1])

@@ -57,6 +57,8 @@ impl RedisRevocations {
             until,
         };
         let json = serde_json::to_string(&control).map_err(|_| Unavailable)?;
+        // Two calls: on a cluster the key and the channel live on different
+        // shards (a pipeline may not span them). Written before it is told.
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(revoked_key(sid))
@@ -64,8 +66,8 @@ impl RedisRevocations {
             .arg("EXAT")
             .arg(until.max(now_secs() + 1))
             .ignore();
-        pipe.cmd("PUBLISH").arg(CONTROL_CHANNEL).arg(json).ignore();
-        self.link.query::<()>(&pipe).await
+        self.link.query::<()>(&pipe).await?;
+        self.link.publish(CONTROL_CHANNEL, json).await.map(|_| ())
     }
 
     /// Writes what was kept while Redis was down.
@@ -117,11 +119,24 @@ impl Revocations for RedisRevocations {
         if sids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for sid in sids {
-            pipe.cmd("EXISTS").arg(revoked_key(sid));
-        }
-        let found: Vec<u8> = self.link.query(&pipe).await?;
+        let found: Vec<u8> = if self.link.sharded() {
+            // One key a call (each on its own shard), all sent together.
+            let asks = sids.iter().map(|sid| {
+                let mut pipe = redis::pipe();
+                pipe.cmd("EXISTS").arg(revoked_key(sid));
+                async move { self.link.query::<(u8,)>(&pipe).await.map(|(n,)| n) }
+            });
+            futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?
+        } else {
+            let mut pipe = redis::pipe();
+            for sid in sids {
+                pipe.cmd("EXISTS").arg(revoked_key(sid));
+            }
+            self.link.query(&pipe).await?
+        };
         Ok(sids
             .iter()
             .zip(found)
