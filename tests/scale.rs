@@ -62,22 +62,7 @@ async fn instances_share_rooms_presence_history_and_notifications() {
     ada.left_seen("tech", "Bob").await;
 
     // A notification published on A reaches the feed on B.
-    let mut feed = support::Sse::open(&b.url, None).await;
-    assert_eq!(feed.next_event().await.kind(), Some("connected"));
-    let res = reqwest::Client::new()
-        .post(format!("{}/api/notifications", a.url))
-        .header("authorization", format!("Bearer {}", token("Ops")))
-        .body(r#"{"text":"across instances"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let note = loop {
-        let f = feed.next_event().await;
-        if f.kind() == Some("notification") {
-            break f.data.unwrap();
-        }
-    };
+    let note = ws::notification_across(&a, &b, "across instances").await;
     assert_eq!(note["text"], "across instances");
     assert_eq!(note["user"], "Ops");
     assert_eq!(a.metric("pulse_broker_connected").await, 1.0);

@@ -108,6 +108,9 @@ impl Drop for Scratch {
 fn spawn(args: &[String]) -> Child {
     Command::new("redis-server")
         .args(args)
+        // A replica syncs at once (Redis waits 5 s by default for others to
+        // share a diskless transfer): a failover needs a replica in sync.
+        .args(["--repl-diskless-sync-delay", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -187,6 +190,15 @@ impl RedisCluster {
         );
         let cluster = RedisCluster { nodes, _dir: dir };
         cluster.wait_ok().await;
+        // Every replica in sync, so that each master's can take over.
+        for (port, _) in &cluster.nodes {
+            eventually("the cluster's replicas to be in sync", async || {
+                let info = cli(*port, &["INFO", "replication"]).await;
+                (info.contains("role:master") || info.contains("master_link_status:up"))
+                    .then_some(())
+            })
+            .await;
+        }
         cluster
     }
 

@@ -332,3 +332,24 @@ impl Client {
         );
     }
 }
+
+/// Publishes a notification (as "Ops") on `from` and returns it as a feed
+/// opened on `to` before the publication receives it.
+pub async fn notification_across(from: &Server, to: &Server, text: &str) -> Value {
+    let mut feed = super::Sse::open(&to.url, None).await;
+    assert_eq!(feed.next_event().await.kind(), Some("connected"));
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/notifications", from.url))
+        .header("authorization", format!("Bearer {}", token("Ops")))
+        .body(json!({ "text": text }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    loop {
+        let f = feed.next_event().await;
+        if f.kind() == Some("notification") {
+            return f.data.unwrap();
+        }
+    }
+}

@@ -38,22 +38,17 @@ pub(super) enum Connection {
 /// Where pushes go: the link's handler, told which connection they came from.
 pub(super) type OnPush = std::sync::Arc<dyn Fn(PushInfo) + Send + Sync>;
 
-/// How long connecting and each answer may take.
-pub(super) struct Timeouts {
-    pub connect: Duration,
-    pub response: Duration,
-}
-
-/// Connects to `target`. One server connects lazily (it never fails here);
+/// Connects to `target`, each connection attempt and answer within
+/// `timeout`. One server connects lazily (it never fails here);
 /// the others need an answer (from a cluster node, or from a sentinel and
 /// the master it names).
 pub(super) async fn open(
     target: &Target,
     on_push: OnPush,
-    timeouts: &Timeouts,
+    timeout: Duration,
 ) -> redis::RedisResult<Connection> {
     match target {
-        Target::Single(info) => single(info.clone(), on_push, timeouts, false).await,
+        Target::Single(info) => single(info.clone(), on_push, timeout, false).await,
         Target::Cluster(nodes) => {
             let sender = move |push: PushInfo| {
                 on_push(push);
@@ -61,8 +56,8 @@ pub(super) async fn open(
             };
             let client = ClusterClientBuilder::new(nodes.iter().map(resp3))
                 .use_protocol(ProtocolVersion::RESP3)
-                .connection_timeout(timeouts.connect)
-                .response_timeout(timeouts.response)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
                 .retries(2)
                 .push_sender(sender)
                 .build()?;
@@ -74,7 +69,7 @@ pub(super) async fn open(
             node,
         } => {
             let address = master_address(sentinels, master, node).await?;
-            single(address, on_push, timeouts, true).await
+            single(address, on_push, timeout, true).await
         }
     }
 }
@@ -95,7 +90,7 @@ pub(super) async fn master_address(
 async fn single(
     info: ConnectionInfo,
     on_push: OnPush,
-    timeouts: &Timeouts,
+    timeout: Duration,
     eager: bool,
 ) -> redis::RedisResult<Connection> {
     let client = redis::Client::open(resp3(&info))?;
@@ -104,8 +99,8 @@ async fn single(
         Ok::<(), std::convert::Infallible>(())
     };
     let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeouts.connect))
-        .set_response_timeout(Some(timeouts.response))
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(100))
         .set_max_delay(Duration::from_secs(1))
@@ -132,28 +127,30 @@ impl Connection {
     /// Subscribes `channels`: one command for a server; on a cluster one
     /// `SSUBSCRIBE` per slot (a command may not span slots), sent together.
     pub(super) async fn subscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
-        match self {
-            Connection::Single(manager) => manager.subscribe(channels).await,
-            Connection::Cluster(cluster) => {
-                let calls = by_slot(channels).into_values().map(|group| {
-                    let mut cluster = cluster.clone();
-                    async move { cluster.ssubscribe(group).await }
-                });
-                futures::future::join_all(calls).await.into_iter().collect()
-            }
-        }
+        self.change(channels, true).await
     }
 
     /// Unsubscribes `channels`, as [`Connection::subscribe`] subscribes.
     pub(super) async fn unsubscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+        self.change(channels, false).await
+    }
+
+    async fn change(&mut self, channels: &[String], subscribe: bool) -> redis::RedisResult<()> {
         match self {
+            Connection::Single(manager) if subscribe => manager.subscribe(channels).await,
             Connection::Single(manager) => manager.unsubscribe(channels).await,
             Connection::Cluster(cluster) => {
                 let calls = by_slot(channels).into_values().map(|group| {
                     let mut cluster = cluster.clone();
-                    async move { cluster.sunsubscribe(group).await }
+                    async move {
+                        if subscribe {
+                            cluster.ssubscribe(group).await
+                        } else {
+                            cluster.sunsubscribe(group).await
+                        }
+                    }
                 });
-                futures::future::join_all(calls).await.into_iter().collect()
+                futures::future::try_join_all(calls).await.map(|_| ())
             }
         }
     }

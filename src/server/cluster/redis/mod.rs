@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, Control, Handler, PresenceChange, Publication, StreamLimits, Unavailable};
 use crate::server::metrics;
-use connection::{Connection, OnPush, Timeouts};
+use connection::{Connection, OnPush};
 use subscriptions::{Rooms, Want};
 use target::Target;
 
@@ -115,9 +115,9 @@ fn instance_channel(instance: &str) -> String {
 pub(super) struct Link {
     /// Where Redis is.
     target: Target,
-    /// The connection while there is one: `None` before the first, and
-    /// between one that was given up and the next.
-    connection: Mutex<Option<Connection>>,
+    /// The connection while there is one (`None` before the first, and
+    /// between one that was given up and the next), and when it was opened.
+    connection: Mutex<(Option<Connection>, Instant)>,
     /// What the push handler and the callers share.
     state: Arc<State>,
     /// Subscription changes, in the order they were asked for.
@@ -171,7 +171,7 @@ impl Link {
         metrics::set_broker_connected(false);
         Link {
             target,
-            connection: Mutex::new(None),
+            connection: Mutex::new((None, Instant::now())),
             state,
             wants,
             wanted: Mutex::new(Some(wanted)),
@@ -193,10 +193,17 @@ impl Link {
 
     /// The current connection, whatever its health.
     fn current(&self) -> Option<Connection> {
-        self.connection
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.slot().0.clone()
+    }
+
+    /// How long ago the current connection was opened.
+    fn opened_for(&self) -> Duration {
+        self.slot().1.elapsed()
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, (Option<Connection>, Instant)> {
+        // Each change is one assignment.
+        self.connection.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A clone of the connection for one call, if Redis is up: while it is
@@ -277,7 +284,7 @@ impl Link {
             });
         }
         let mut rooms = Rooms::default();
-        let mut own: Vec<String> = Vec::new();
+        let mut own = Own::default();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -322,19 +329,15 @@ impl Link {
                 }
             })
         };
-        let timeouts = Timeouts {
-            connect: TIMEOUT,
-            response: TIMEOUT,
-        };
         let opened = tokio::time::timeout(
             2 * TIMEOUT,
-            connection::open(&self.target, on_push, &timeouts),
+            connection::open(&self.target, on_push, TIMEOUT),
         )
         .await;
         match opened {
             Ok(Ok(connection)) => {
                 self.state.subscribed.store(false, Ordering::Relaxed);
-                *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
+                *self.slot() = (Some(connection), Instant::now());
                 true
             }
             Ok(Err(e)) => {
@@ -351,38 +354,37 @@ impl Link {
     /// Drops the connection (the next heartbeat opens another).
     fn give_up(&self, why: &str) {
         tracing::warn!("redis: {why}: connecting afresh");
-        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.slot().0 = None;
         self.state.generation.fetch_add(1, Ordering::Relaxed);
         self.state.subscribed.store(false, Ordering::Relaxed);
         self.state.answering.store(false, Ordering::Relaxed);
     }
 
     /// This instance's own channels: notifications, control, its own
-    /// channel, and on a cluster one probe channel on each shard.
-    async fn own_channels(&self) -> Vec<String> {
-        let mut own = vec![
-            FEED_CHANNEL.to_string(),
-            CONTROL_CHANNEL.to_string(),
-            instance_channel(self.instance()),
-        ];
+    /// channel (which carries probes), and on a cluster one probe channel on
+    /// each shard.
+    async fn own_channels(&self) -> Own {
+        let mut probes = vec![instance_channel(self.instance())];
         if let (true, Some(mut connection)) = (self.sharded(), self.current()) {
             if let Ok(Ok(shards)) = tokio::time::timeout(TIMEOUT, connection.shards()).await {
-                own.extend(probe_channels(self.instance(), &shards));
+                probes.extend(probe_channels(self.instance(), &shards));
             }
         }
-        own
+        let mut all = vec![FEED_CHANNEL.to_string(), CONTROL_CHANNEL.to_string()];
+        all.extend(probes.iter().cloned());
+        Own { all, probes }
     }
 
     /// Subscribes our own channels if they are not, and checks that the
     /// connection answers (and, under Sentinel, that it is the master's).
-    async fn check(&self, own: &[String]) {
+    async fn check(&self, own: &Own) {
         let Some(mut connection) = self.current() else {
             return;
         };
         if !self.state.subscribed.load(Ordering::Relaxed) {
             // The first subscription is ours to make (and any that a failed
             // reconnect lost); the connection renews it on every reconnect.
-            let subscribed = tokio::time::timeout(TIMEOUT, connection.subscribe(own)).await;
+            let subscribed = tokio::time::timeout(TIMEOUT, connection.subscribe(&own.all)).await;
             if matches!(subscribed, Ok(Ok(()))) {
                 self.state.subscribed.store(true, Ordering::Relaxed);
             }
@@ -414,8 +416,11 @@ impl Link {
             }
         };
         self.state.answering.store(answered, Ordering::Relaxed);
-        let down_for = self.state.down_for();
-        if !matches!(self.target, Target::Single(_)) && down_for.is_some_and(|d| d >= REOPEN_AFTER)
+        // Counted from this connection's opening, not the outage's start: a
+        // new connection gets its chance (a failover takes a few seconds).
+        if !answered
+            && !matches!(self.target, Target::Single(_))
+            && self.opened_for() >= REOPEN_AFTER
         {
             self.give_up("no answer");
         }
@@ -424,11 +429,8 @@ impl Link {
     /// Publishes a probe on each probe channel, and gives the connection up
     /// if one has not come back in time while commands do answer (the
     /// subscriptions stopped delivering).
-    async fn probe(&self, own: &[String]) {
-        let channels: Vec<&String> = own
-            .iter()
-            .filter(|c| is_probe_channel(c, self.instance()))
-            .collect();
+    async fn probe(&self, own: &Own) {
+        let channels: Vec<&String> = own.probes.iter().collect();
         if !self.probes_due(&channels) {
             return;
         }
@@ -510,25 +512,18 @@ fn probe_channels(instance: &str, shards: &[(u16, u16)]) -> Vec<String> {
     channels
 }
 
-/// Whether `channel` carries probes for `instance`.
-fn is_probe_channel(channel: &str, instance: &str) -> bool {
-    channel.strip_prefix("pulse:to:") == Some(instance)
-        || (channel.starts_with("pulse:{p") && channel.ends_with(&format!("}}:probe:{instance}")))
+/// This instance's own channels, as found when the connection opened.
+#[derive(Default)]
+struct Own {
+    /// Every one of them, to subscribe.
+    all: Vec<String>,
+    /// Those that carry probes.
+    probes: Vec<String>,
 }
 
 impl State {
     fn is_up(&self) -> bool {
         self.subscribed.load(Ordering::Relaxed) && self.answering.load(Ordering::Relaxed)
-    }
-
-    /// How long the link has been down (`None`: it is up, or was never up).
-    fn down_for(&self) -> Option<Duration> {
-        let said = self.said.lock().unwrap_or_else(|e| e.into_inner());
-        match *said {
-            (Some(false), since) if !self.is_up() => Some(since.elapsed()),
-            (None, since) if !self.is_up() => Some(since.elapsed()),
-            _ => None,
-        }
     }
 
     /// Publishes the connection's state (metric, log, watchers) if it

@@ -159,10 +159,7 @@ impl Presence for RedisPresence {
                 self.link
                     .call(|mut c| async move { invocation.invoke_async(&mut c).await })
             });
-            futures::future::join_all(sweeps)
-                .await
-                .into_iter()
-                .collect::<Result<_, _>>()?
+            futures::future::try_join_all(sweeps).await?
         } else {
             // One round trip for every room: the script is loaded first (a
             // restarted Redis has forgotten it), then run once a room.

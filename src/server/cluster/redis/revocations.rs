@@ -126,10 +126,7 @@ impl Revocations for RedisRevocations {
                 pipe.cmd("EXISTS").arg(revoked_key(sid));
                 async move { self.link.query::<(u8,)>(&pipe).await.map(|(n,)| n) }
             });
-            futures::future::join_all(asks)
-                .await
-                .into_iter()
-                .collect::<Result<_, _>>()?
+            futures::future::try_join_all(asks).await?
         } else {
             let mut pipe = redis::pipe();
             for sid in sids {
