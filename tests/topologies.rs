@@ -212,8 +212,6 @@ async fn on_a_redis_cluster_two_instances_share_rooms_presence_recovery_and_noti
 }
 
 #[tokio::test]
-#[ignore = "fails: after the master's SIGKILL a send gets neither ack nor nack \
-            for over 15 s; see the closing note"]
 async fn when_a_cluster_master_dies_delivery_resumes_and_nothing_acked_is_lost() {
     let mut cluster = RedisCluster::start().await;
     let url = cluster.url();

@@ -70,6 +70,7 @@ impl Server {
             .env("RUST_LOG", "info")
             .env("PULSE_LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
+            .env_remove("PULSE_TEST_ECHO")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -79,9 +80,14 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn pulse");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, mut logs) = mpsc::unbounded_channel();
+        // PULSE_TEST_ECHO=1 shows every server's log as it comes (debugging).
+        let echo = std::env::var_os("PULSE_TEST_ECHO").map(|_| child.id().unwrap_or(0));
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(pid) = echo {
+                    eprintln!("[pulse {pid}] {line}");
+                }
                 let _ = tx.send(line);
             }
         });

@@ -142,8 +142,8 @@ struct State {
     handler: OnceLock<Arc<dyn Handler>>,
     /// Per probe channel, when the oldest probe still unanswered went out.
     probes: Mutex<HashMap<String, Option<Instant>>>,
-    /// Room channels Redis unsubscribed by itself (a slot moved): the link's
-    /// task subscribes them again.
+    /// Room channels Redis unsubscribed by itself (a slot moved), or all of
+    /// them when a connection dropped: the link's task subscribes them again.
     lost: mpsc::UnboundedSender<Want>,
     /// What was last said about the connection (`None`: nothing yet) and
     /// since when it is down: an outage is logged once when it starts and
@@ -307,12 +307,14 @@ impl Link {
                         rooms.renew(self).await;
                     }
                     self.check(&own).await;
+                    // Rooms subscribed before the handler is told the link
+                    // is back: its re-reads then cover every gap.
+                    rooms.mend(self).await;
                     self.probe(&own).await;
                     if self.state.settle() {
                         revocations.flush().await;
                         handler.reconnected();
                     }
-                    rooms.mend(self).await;
                 }
             }
         }
@@ -597,6 +599,7 @@ impl State {
             PushKind::Disconnection => {
                 self.subscribed.store(false, Ordering::Relaxed);
                 self.answering.store(false, Ordering::Relaxed);
+                let _ = self.lost.send(Want::Dropped);
                 self.settle();
             }
             _ => {}

@@ -21,6 +21,10 @@ pub(super) enum Want {
     /// Redis dropped the room's subscription by itself (its slot moved to
     /// another shard), or confirmed that we left it.
     Lost(String),
+    /// A connection to a server dropped: whatever it held is gone (a
+    /// cluster client does not move a dead master's subscriptions to the
+    /// replica that takes its place), so every room is subscribed again.
+    Dropped,
 }
 
 /// The room channels, as the link's task keeps them.
@@ -51,6 +55,7 @@ impl Rooms {
                 Want::Lost(room) => {
                     self.subscribed.remove(&room);
                 }
+                Want::Dropped => self.subscribed.clear(),
             }
         }
         self.mend(link).await;
