@@ -301,6 +301,9 @@ impl RedisSentinel {
                 "".into(),
                 "--appendonly".into(),
                 "no".into(),
+                // A replica writes the master's snapshot to its directory.
+                "--dir".into(),
+                dir.0.display().to_string(),
             ]
         };
         let mut servers = vec![(master, Some(spawn(&base(master))))];
