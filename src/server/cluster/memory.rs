@@ -25,6 +25,9 @@ use crate::server::clock::now_secs;
 /// Most streams kept at once: past it, the one published to least recently
 /// goes (its room gets a new epoch if it comes back).
 const MAX_STREAMS: usize = 4096;
+/// How often streams past their TTL and idempotency keys past the window are
+/// forgotten (what Redis's key expiry does for the Redis broker).
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 /// The three services over one shared state.
 pub fn connect(limits: StreamLimits) -> Cluster {
@@ -78,7 +81,37 @@ struct Stream {
     /// The last publish (or creation): the stream goes after the TTL.
     touched: Instant,
     /// Idempotency keys seen, with the offset they got and until when.
-    seen: HashMap<(String, String), (u64, Instant)>,
+    seen: HashMap<IdKey, (u64, Instant)>,
+    /// The same keys in the order they expire (the window is one length), so
+    /// forgetting them costs what is forgotten, not what is kept.
+    expiring: VecDeque<(Instant, IdKey)>,
+}
+
+/// An idempotency key: user id and client id.
+type IdKey = (String, String);
+
+impl Stream {
+    /// Forgets the idempotency keys whose window is over.
+    fn forget_expired(&mut self, now: Instant) {
+        while self
+            .expiring
+            .front()
+            .is_some_and(|(until, _)| *until <= now)
+        {
+            let Some((until, key)) = self.expiring.pop_front() else {
+                break;
+            };
+            // A key seen again after its window has a later entry of its own.
+            if self.seen.get(&key).is_some_and(|(_, u)| *u == until) {
+                self.seen.remove(&key);
+            }
+        }
+        // A burst's tables shrink back once it is over.
+        if self.seen.capacity() > 64 && self.seen.len() < self.seen.capacity() / 4 {
+            self.seen.shrink_to_fit();
+            self.expiring.shrink_to_fit();
+        }
+    }
 }
 
 /// A member's entry in a room.
@@ -133,7 +166,19 @@ impl Shared {
             bytes: 0,
             touched: now,
             seen: HashMap::new(),
+            expiring: VecDeque::new(),
         })
+    }
+
+    /// Drops the streams past their TTL and the idempotency keys past the
+    /// window.
+    fn expire(&self) {
+        let now = Instant::now();
+        let mut streams = lock(&self.streams);
+        streams.retain(|_, s| now.duration_since(s.touched) <= self.limits.ttl);
+        for stream in streams.values_mut() {
+            stream.forget_expired(now);
+        }
     }
 }
 
@@ -156,7 +201,13 @@ impl Broker for MemoryBroker {
 
     async fn run(&self, handler: Arc<dyn Handler>, shutdown: CancellationToken) {
         let _ = self.0.handler.set(handler);
-        shutdown.cancelled().await;
+        let mut sweep = tokio::time::interval(EXPIRY_SWEEP);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = sweep.tick() => self.0.expire(),
+            }
+        }
     }
 
     async fn publish(
@@ -204,10 +255,10 @@ impl Broker for MemoryBroker {
             }
         }
         if let Some(key) = key {
-            stream.seen.retain(|_, (_, until)| *until > now);
-            stream
-                .seen
-                .insert(key, (stream.top, now + limits.dedup_window));
+            stream.forget_expired(now);
+            let until = now + limits.dedup_window;
+            stream.expiring.push_back((until, key.clone()));
+            stream.seen.insert(key, (stream.top, until));
         }
         let position = StreamPosition {
             epoch: stream.epoch.clone(),
@@ -419,5 +470,63 @@ impl Revocations for MemoryRevocations {
             .filter(|sid| revoked.get(*sid).is_some_and(|until| *until >= now))
             .cloned()
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker() -> MemoryBroker {
+        let limits = StreamLimits {
+            size: 100,
+            bytes: 1 << 20,
+            ttl: Duration::from_secs(3600),
+            dedup_window: Duration::from_secs(60),
+            presence_ttl: Duration::from_secs(30),
+        };
+        MemoryBroker(Arc::new(Shared {
+            limits,
+            instance: "test".into(),
+            handler: OnceLock::new(),
+            subscribed: Mutex::new(HashSet::new()),
+            streams: Mutex::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(HashMap::new()),
+            reachable: watch::channel(true).0,
+        }))
+    }
+
+    fn key(client_id: &str) -> IdempotencyKey {
+        IdempotencyKey {
+            user_id: "u".into(),
+            client_id: client_id.into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idempotency_key_is_kept_for_the_window_then_forgotten() {
+        let broker = broker();
+        let first = broker.publish("r", "a", Some(&key("k"))).await.unwrap();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        let again = broker.publish("r", "a", Some(&key("k"))).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.position.offset, first.position.offset);
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        broker.0.expire();
+        assert!(lock(&broker.0.streams)["r"].seen.is_empty());
+        let later = broker.publish("r", "a", Some(&key("k"))).await.unwrap();
+        assert!(!later.duplicate);
+        assert_eq!(later.position.offset, first.position.offset + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_past_its_ttl_is_dropped_by_the_sweep() {
+        let broker = broker();
+        broker.publish("r", "a", None).await.unwrap();
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        broker.0.expire();
+        assert!(lock(&broker.0.streams).is_empty());
     }
 }
