@@ -12,7 +12,7 @@ say() { printf '[image] %s\n' "$*"; }
 rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
 say "cargo build --release --features ssr --target $TARGET"
 cargo build --release --features ssr --bin pulse --target "$TARGET"
-file "$BIN" | grep -q "statically linked" || { file "$BIN"; echo "not static" >&2; exit 1; }
+file "$BIN" | grep -Eq "statically linked|static-pie linked" || { file "$BIN"; echo "not static" >&2; exit 1; }
 
 # The binary alone, from an empty directory, with an empty environment.
 empty=$(mktemp -d)

@@ -60,7 +60,7 @@ impl Redis {
 }
 
 /// A server on `redis`, once it says it is ready.
-async fn on_redis(bin: &str, redis: &Redis) -> Res<Server> {
+pub(super) async fn on_redis(bin: &str, redis: &Redis) -> Res<Server> {
     let server = Server::start_env(bin, &[("PULSE_REDIS_URL", &redis.url)]).await?;
     let ready = "GET /readyz HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n";
     let started = Instant::now();
@@ -78,7 +78,7 @@ async fn on_redis(bin: &str, redis: &Redis) -> Res<Server> {
 
 /// The value of `"key":` after the last `"epoch":` of a `joined` frame (its
 /// own fields come after its history's).
-fn joined_field<'a>(frame: &'a [u8], key: &str) -> Option<&'a [u8]> {
+pub(super) fn joined_field<'a>(frame: &'a [u8], key: &str) -> Option<&'a [u8]> {
     let at = frame.windows(9).rposition(|w| w == br#""epoch":""#)?;
     let rest = &frame[at..];
     let start = find(rest, format!("\"{key}\":").as_bytes())? + key.len() + 3;
@@ -87,7 +87,7 @@ fn joined_field<'a>(frame: &'a [u8], key: &str) -> Option<&'a [u8]> {
 }
 
 /// Joins `room` (with `since`, if given) and returns the `joined` frame.
-async fn join_since(ws: &mut RawWs, room: &str, since: Option<&str>) -> Res<Vec<u8>> {
+pub(super) async fn join_since(ws: &mut RawWs, room: &str, since: Option<&str>) -> Res<Vec<u8>> {
     let since = since.map_or(String::new(), |s| format!(r#","since":{s}"#));
     ws.send_text(&format!(r#"{{"type":"join","room":"{room}"{since}}}"#))
         .await?;

@@ -7,9 +7,11 @@
 //! Usage: pulse-bench SERVER_BINARY [SCENARIO...]
 //! Scenarios: fanout, fanout-http, floor, idle-ws, idle-sse, churn, front,
 //! and over a `redis-server` the bench starts (`cluster.rs`): recovery,
-//! publish-cost (default: all).
+//! publish-cost; over two instances on one Redis (`scale.rs`): fanout-cross,
+//! storm; and soak (default: all).
 
 mod cluster;
+mod scale;
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -455,12 +457,23 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
 /// fallback (SSE down, POST up); the publisher is a WebSocket either way.
 async fn fanout_on(bin: &str, over_http: bool) -> Res<()> {
     let server = Server::start(bin).await?;
-    let token = server.token("subscriber").await?;
+    fanout(&[&server], over_http).await?;
+    server.stop().await;
+    Ok(())
+}
+
+/// The fan-out to [`SUBSCRIBERS`] in one room, dealt out evenly over
+/// `servers` (which share a broker when there are several), the publisher on
+/// the first, at each of [`FLOOR_RATES`]; each server's CPU per delivery it
+/// made.
+async fn fanout(servers: &[&Server], over_http: bool) -> Res<()> {
+    let token = servers[0].token("subscriber").await?;
     let started = Instant::now();
     let mut subs = Vec::with_capacity(SUBSCRIBERS);
     let mut connecting = Vec::new();
-    for _ in 0..SUBSCRIBERS {
-        let (s, t) = (server.addr.clone(), token.clone());
+    for i in 0..SUBSCRIBERS {
+        let on = i % servers.len();
+        let (s, t) = (servers[on].addr.clone(), token.clone());
         connecting.push(tokio::spawn(async move {
             let sub = if over_http {
                 let mut sse = RawSse::connect(&s, &t).await?;
@@ -471,7 +484,7 @@ async fn fanout_on(bin: &str, over_http: bool) -> Res<()> {
                 ws.join("bench").await?;
                 Sub::Ws(ws)
             };
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(sub)
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((on, sub))
         }));
     }
     for c in connecting {
@@ -484,15 +497,19 @@ async fn fanout_on(bin: &str, over_http: bool) -> Res<()> {
         "WebSockets"
     };
     println!(
-        "fan-out over {over}: connect + join of {SUBSCRIBERS} subscribers: {connect_join:.2?}"
+        "fan-out over {over}: connect + join of {SUBSCRIBERS} subscribers on {} instance(s): \
+         {connect_join:.2?}",
+        servers.len()
     );
 
     // Each subscriber records (seq, latency µs) of what it receives, in its
-    // own (uncontended) list.
-    let delivered = Arc::new(AtomicU64::new(0));
+    // own (uncontended) list; deliveries are counted per server.
+    let delivered: Arc<Vec<AtomicU64>> =
+        Arc::new(servers.iter().map(|_| AtomicU64::new(0)).collect());
+    let total = |d: &[AtomicU64]| d.iter().map(|n| n.load(Ordering::Relaxed)).sum::<u64>();
     let mut records = Vec::new();
     let mut readers = Vec::new();
-    for mut sub in subs {
+    for (on, mut sub) in subs {
         let mine = Arc::new(Mutex::new(Vec::<(u64, u64)>::with_capacity(4096)));
         records.push(mine.clone());
         let delivered = delivered.clone();
@@ -504,7 +521,7 @@ async fn fanout_on(bin: &str, over_http: bool) -> Res<()> {
                         if let Ok(mut m) = mine.lock() {
                             m.push((seq, latency));
                         }
-                        delivered.fetch_add(1, Ordering::Relaxed);
+                        delivered[on].fetch_add(1, Ordering::Relaxed);
                     }
                     false
                 })
@@ -512,23 +529,42 @@ async fn fanout_on(bin: &str, over_http: bool) -> Res<()> {
         }));
     }
 
-    let ptoken = server.token("publisher").await?;
-    let mut publisher = server.ws(&ptoken).await?;
+    let ptoken = servers[0].token("publisher").await?;
+    let mut publisher = servers[0].ws(&ptoken).await?;
     join(&mut publisher, "bench").await?;
     let (ptx, mut prx) = publisher.split();
     tokio::spawn(async move { while let Some(Ok(_)) = prx.next().await {} });
     let ptx = Arc::new(tokio::sync::Mutex::new(ptx));
 
+    let per_server: Vec<String> = if servers.len() == 1 {
+        vec![format!("{:>10}", "srv µs/dl")]
+    } else {
+        (0..servers.len())
+            .map(|i| format!("{:>10}", format!("{} µs/dl", (b'A' + i as u8) as char)))
+            .collect()
+    };
     println!(
-        "{:>6} {:>10} {:>8} {:>6} {:>8} {:>8} {:>8} {:>10} {:>10}",
-        "msg/s", "deliv/s", "loss", "dups", "p50 ms", "p99 ms", "max ms", "srv µs/dl", "gen cpu %"
+        "{:>6} {:>10} {:>8} {:>6} {:>8} {:>8} {:>8} {} {:>10}",
+        "msg/s",
+        "deliv/s",
+        "loss",
+        "dups",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        per_server.join(" "),
+        "gen cpu %"
     );
     let mut seq = 0u64;
     for rate in FLOOR_RATES {
         let first_seq = seq;
-        let before_srv = server.usage().0;
+        let before_srv: Vec<u64> = servers.iter().map(|s| s.usage().0).collect();
+        let before_dl: Vec<u64> = delivered
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect();
         let before_gen = self_cpu_us();
-        let before_dl = delivered.load(Ordering::Relaxed);
+        let before_all = total(&delivered);
         let t0 = Instant::now();
         let period = Duration::from_micros(1_000_000 / rate);
         let mut tick = tokio::time::interval(period);
@@ -548,13 +584,11 @@ async fn fanout_on(bin: &str, over_http: bool) -> Res<()> {
         // Let the last deliveries land (bounded).
         let expected = sends * SUBSCRIBERS as u64;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while delivered.load(Ordering::Relaxed) - before_dl < expected && Instant::now() < deadline
-        {
+        while total(&delivered) - before_all < expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let wall = t0.elapsed().as_secs_f64();
-        let got = delivered.load(Ordering::Relaxed) - before_dl;
-        let srv_us = server.usage().0 - before_srv;
+        let got = total(&delivered) - before_all;
         let gen_us = self_cpu_us() - before_gen;
         // Latencies, losses and duplicates of this round's seqs.
         let (mut latencies, mut unique, mut dups) = (Vec::new(), 0u64, 0u64);
@@ -571,8 +605,17 @@ async fn fanout_on(bin: &str, over_http: bool) -> Res<()> {
             }
         }
         latencies.sort_unstable();
+        let costs: Vec<String> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let cpu = s.usage().0 - before_srv[i];
+                let made = delivered[i].load(Ordering::Relaxed) - before_dl[i];
+                format!("{:>10.2}", cpu as f64 / made.max(1) as f64)
+            })
+            .collect();
         println!(
-            "{:>6} {:>10.0} {:>8} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>10.2} {:>10.0}",
+            "{:>6} {:>10.0} {:>8} {:>6} {:>8.2} {:>8.2} {:>8.2} {} {:>10.0}",
             rate,
             got as f64 / wall,
             expected.saturating_sub(unique),
@@ -580,11 +623,10 @@ async fn fanout_on(bin: &str, over_http: bool) -> Res<()> {
             pct(&latencies, 0.5),
             pct(&latencies, 0.99),
             latencies.last().map_or(f64::NAN, |m| *m as f64 / 1000.0),
-            srv_us as f64 / got.max(1) as f64,
+            costs.join(" "),
             gen_us as f64 / (wall * 1e6) * 100.0
         );
     }
-    server.stop().await;
     for r in readers {
         r.abort();
     }
@@ -930,6 +972,9 @@ async fn main() -> Res<()> {
             "front",
             "recovery",
             "publish-cost",
+            "fanout-cross",
+            "storm",
+            "soak",
         ]
         .map(String::from)
         .to_vec();
@@ -945,6 +990,9 @@ async fn main() -> Res<()> {
             "front" => front(&bin).await?,
             "recovery" => cluster::recovery(&bin).await?,
             "publish-cost" => cluster::publish_cost(&bin).await?,
+            "fanout-cross" => scale::fanout_cross(&bin).await?,
+            "storm" => scale::storm(&bin).await?,
+            "soak" => scale::soak(&bin).await?,
             other => return Err(format!("unknown scenario {other}").into()),
         }
     }
