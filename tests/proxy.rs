@@ -179,3 +179,60 @@ async fn the_http_fallback_works_through_the_documented_nginx_without_sticky_ses
         assert_eq!(wes.recv_type("message").await["text"], text);
     }
 }
+
+/// A `127.0.0.1:PORT` nothing listens on yet.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// An instance on `addr`, ready.
+async fn start_on(addr: &str) -> Server {
+    let server = ws::start(&[TRUSTED, ("LEPTOS_SITE_ADDR", addr)]).await;
+    server.wait_ready(200).await;
+    server
+}
+
+/// The status of `GET /` through the proxy.
+async fn page_status(nginx: &Nginx) -> u16 {
+    reqwest::get(format!("{}/", nginx.url()))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A restart of every instance costs visitors the restart and no more: the
+/// requests made while all were down (the pages' own reconnect attempts)
+/// must not leave nginx keeping the instances out once they are back (with
+/// `max_fails=3 fail_timeout=10s` it answered 502 for up to 10 s).
+#[tokio::test]
+async fn behind_the_documented_nginx_pages_are_served_as_soon_as_the_instances_are_back() {
+    let addrs = [free_addr(), free_addr()];
+    let a = start_on(&addrs[0]).await;
+    let b = start_on(&addrs[1]).await;
+    let nginx = Nginx::start(&[&addrs[0], &addrs[1]]).await;
+    assert_eq!(page_status(&nginx).await, 200);
+
+    drop((a, b));
+    for addr in &addrs {
+        support::eventually("the instance to be gone", async || {
+            tokio::net::TcpStream::connect(addr.as_str())
+                .await
+                .is_err()
+                .then_some(())
+        })
+        .await;
+    }
+    // Everyone's pages keep trying meanwhile.
+    for _ in 0..10 {
+        assert_eq!(page_status(&nginx).await, 502);
+    }
+
+    let _a = start_on(&addrs[0]).await;
+    let _b = start_on(&addrs[1]).await;
+    // The very next visitors get the page, whichever instance they land on.
+    for _ in 0..4 {
+        assert_eq!(page_status(&nginx).await, 200);
+    }
+}
