@@ -302,19 +302,8 @@ async fn per_room(a: &Server, b: &Server) -> Res<()> {
     let heard_on_a = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for i in 0..100 {
-        let mut ws = RawWs::connect(&a.addr, &token).await?;
-        ws.join(&format!("busy-{}", i % ROOMS)).await?;
-        let heard = heard_on_a.clone();
-        readers.push(tokio::spawn(async move {
-            let _ = ws
-                .read_texts(|t| {
-                    if find(t, br#""type":"message""#).is_some() {
-                        heard.fetch_add(1, Ordering::Relaxed);
-                    }
-                    false
-                })
-                .await;
-        }));
+        let room = format!("busy-{}", i % ROOMS);
+        readers.push(counting_member(&a.addr, &token, &room, &heard_on_a).await?);
     }
     let ptoken = a.token("publisher").await?;
     let mut publisher = a.ws(&ptoken).await?;
@@ -330,19 +319,8 @@ async fn per_room(a: &Server, b: &Server) -> Res<()> {
         if phase == 2 {
             // One member of each busy room on B.
             for r in 0..ROOMS {
-                let mut ws = RawWs::connect(&b.addr, &token).await?;
-                ws.join(&format!("busy-{r}")).await?;
-                let heard = heard_on_b.clone();
-                readers.push(tokio::spawn(async move {
-                    let _ = ws
-                        .read_texts(|t| {
-                            if find(t, br#""type":"message""#).is_some() {
-                                heard.fetch_add(1, Ordering::Relaxed);
-                            }
-                            false
-                        })
-                        .await;
-                }));
+                let room = format!("busy-{r}");
+                readers.push(counting_member(&b.addr, &token, &room, &heard_on_b).await?);
             }
         }
         let before = b.usage().0;
@@ -386,6 +364,28 @@ async fn per_room(a: &Server, b: &Server) -> Res<()> {
         r.abort();
     }
     Ok(())
+}
+
+/// A member of `room` on `addr` that counts the messages it gets in `heard`.
+async fn counting_member(
+    addr: &str,
+    token: &str,
+    room: &str,
+    heard: &Arc<AtomicU64>,
+) -> Res<tokio::task::JoinHandle<()>> {
+    let mut ws = RawWs::connect(addr, token).await?;
+    ws.join(room).await?;
+    let heard = heard.clone();
+    Ok(tokio::spawn(async move {
+        let _ = ws
+            .read_texts(|t| {
+                if find(t, br#""type":"message""#).is_some() {
+                    heard.fetch_add(1, Ordering::Relaxed);
+                }
+                false
+            })
+            .await;
+    }))
 }
 
 /// Open file descriptors of a process.

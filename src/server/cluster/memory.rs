@@ -31,16 +31,7 @@ const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
 /// The three services over one shared state.
 pub fn connect(limits: StreamLimits) -> Cluster {
-    let shared = Arc::new(Shared {
-        limits,
-        instance: format!("local-{:08x}", fastrand::u32(..)),
-        handler: OnceLock::new(),
-        subscribed: Mutex::new(HashSet::new()),
-        streams: Mutex::new(HashMap::new()),
-        presence: Mutex::new(HashMap::new()),
-        revoked: Mutex::new(HashMap::new()),
-        reachable: watch::channel(true).0,
-    });
+    let shared = Shared::new(limits);
     Cluster {
         broker: Arc::new(MemoryBroker(shared.clone())),
         presence: Arc::new(MemoryPresence(shared.clone())),
@@ -129,6 +120,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    fn new(limits: StreamLimits) -> Arc<Shared> {
+        Arc::new(Shared {
+            limits,
+            instance: format!("local-{:08x}", fastrand::u32(..)),
+            handler: OnceLock::new(),
+            subscribed: Mutex::new(HashSet::new()),
+            streams: Mutex::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(HashMap::new()),
+            reachable: watch::channel(true).0,
+        })
+    }
+
     fn handler(&self) -> Option<&Arc<dyn Handler>> {
         self.handler.get()
     }
@@ -485,16 +489,7 @@ mod tests {
             dedup_window: Duration::from_secs(60),
             presence_ttl: Duration::from_secs(30),
         };
-        MemoryBroker(Arc::new(Shared {
-            limits,
-            instance: "test".into(),
-            handler: OnceLock::new(),
-            subscribed: Mutex::new(HashSet::new()),
-            streams: Mutex::new(HashMap::new()),
-            presence: Mutex::new(HashMap::new()),
-            revoked: Mutex::new(HashMap::new()),
-            reachable: watch::channel(true).0,
-        }))
+        MemoryBroker(Shared::new(limits))
     }
 
     fn key(client_id: &str) -> IdempotencyKey {
