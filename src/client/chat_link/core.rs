@@ -151,11 +151,8 @@ impl Core {
 
     /// Writes what is unsent to local storage.
     fn keep(&mut self) {
-        if let Some(user) = self.user() {
-            let kept = self.signals.sends.with_untracked(|s| s.unsent());
-            stored::keep_sends(&user, &kept);
-            self.kept_at = now();
-        }
+        self.signals.keep();
+        self.kept_at = now();
     }
 
     /// Every tick of the transport's clock: messages whose wait is over

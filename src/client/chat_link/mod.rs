@@ -61,6 +61,21 @@ pub struct Signals {
     pub session: RwSignal<Option<Session>>,
 }
 
+impl Signals {
+    /// Writes one's unsent messages to local storage (this tab's), so that
+    /// a reload does not lose them.
+    pub fn keep(&self) {
+        #[cfg(feature = "hydrate")]
+        if let Some(user) = self
+            .session
+            .with_untracked(|s| s.as_ref().map(|s| s.user_id.clone()))
+        {
+            let kept = self.sends.with_untracked(|s| s.unsent());
+            super::stored::keep_sends(&user, &kept);
+        }
+    }
+}
+
 /// A chat connection; stopped by [`ChatLink::close`].
 pub struct ChatLink {
     /// Its signals.
@@ -160,19 +175,27 @@ impl ChatLink {
             .sends
             .update(|s| queued = s.push(room, client_id, text.to_string()));
         queued?;
-        self.tell(Command::Pump);
+        self.changed();
         Ok(())
     }
 
     /// Sends a failed message again.
     pub fn retry(&self, client_id: &str) {
         self.signals.sends.update(|s| s.retry(client_id));
-        self.tell(Command::Pump);
+        self.changed();
     }
 
     /// Forgets a failed message.
     pub fn discard(&self, client_id: &str) {
         self.signals.sends.update(|s| s.discard(client_id));
+        self.changed();
+    }
+
+    /// One's messages changed: kept at once (the loop may be waiting out a
+    /// backoff, offline, and a reload meanwhile must not lose what was
+    /// typed), and the loop sends what is due.
+    fn changed(&self) {
+        self.signals.keep();
         self.tell(Command::Pump);
     }
 
