@@ -59,8 +59,10 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/") view=FeedPage ssr=SsrMode::Async/>
                     // The other pages' code is downloaded when first needed.
                     <Route path=path!("/chat") view={Lazy::<ChatRoute>::new()}/>
-                    <Route path=path!("/rooms") view={Lazy::<RoomsRoute>::new()}/>
-                    <Route path=path!("/rooms/:room") view={Lazy::<RoomsRoute>::new()}/>
+                    // One route for `/rooms` and `/rooms/:room`: switching rooms
+                    // changes its parameter, never the page (two routes would
+                    // rebuild it, socket and focus included, on the first switch).
+                    <Route path=path!("/rooms/:room?") view={Lazy::<RoomsRoute>::new()}/>
                     <Route path=path!("/dashboard") view={Lazy::<DashboardRoute>::new()}/>
                 </Routes>
             </main>

@@ -1,5 +1,5 @@
 import { test, expect } from './fixtures';
-import { Browser, Page } from '@playwright/test';
+import { Browser, Locator, Page } from '@playwright/test';
 import { PulseServer } from './server';
 import { input, send, signIn } from './chat';
 
@@ -229,4 +229,112 @@ test('a signed-in user publishes without JavaScript, and what was typed before h
   release();
   await expect(typist.getByTestId('feed-status')).toHaveText('Live');
   await expect(typist.getByTestId('publish-text')).toHaveValue('typed early');
+});
+
+// What a user notices on the pages themselves.
+
+test('switching rooms keeps the page, its socket and the keyboard focus; the URL follows and back/forward work', async ({ page }) => {
+  await signIn(page, server.url + '/rooms', 'Ada');
+  await expect(page.getByTestId('current-room')).toHaveText('#general');
+  const sockets: string[] = [];
+  page.on('websocket', (ws) => sockets.push(ws.url()));
+  // A reload forgets the marker; a rebuilt page has another badge, and a
+  // reconnect shows on it.
+  await page.evaluate(() => {
+    const w = window as any;
+    w.__kept = true;
+    w.__badge = document.querySelector('[data-testid=chat-status]');
+    w.__states = [];
+    new MutationObserver(() => w.__states.push(w.__badge.textContent)).observe(w.__badge, {
+      childList: true,
+      subtree: true,
+      characterData: true,
+    });
+  });
+  const same = () =>
+    page.evaluate(() => {
+      const w = window as any;
+      return {
+        kept: w.__kept === true,
+        badge: document.querySelector('[data-testid=chat-status]') === w.__badge,
+        states: w.__states.filter((s: string) => s !== 'Live'),
+      };
+    });
+  const room = (name: string) => page.getByRole('button', { name: `#${name}`, exact: true });
+
+  for (const name of ['tech', 'random']) {
+    await room(name).click();
+    await expect(page).toHaveURL(new RegExp(`/rooms/${name}$`));
+    await expect(page.getByTestId('current-room')).toHaveText(`#${name}`);
+    await expect(room(name)).toBeFocused();
+    expect(await same()).toEqual({ kept: true, badge: true, states: [] });
+  }
+  await page.goBack();
+  await expect(page.getByTestId('current-room')).toHaveText('#tech');
+  await expect(room('tech')).toHaveAttribute('aria-current', 'true');
+  await page.goBack();
+  await expect(page).toHaveURL(/\/rooms$/);
+  await expect(page.getByTestId('current-room')).toHaveText('#general');
+  await page.goForward();
+  await expect(page.getByTestId('current-room')).toHaveText('#tech');
+  // Still the one page on its one socket, Live all along.
+  expect(await same()).toEqual({ kept: true, badge: true, states: [] });
+  expect(sockets).toEqual([]);
+});
+
+test('at 1280×800 Rooms uses the width: a wide conversation and a roomy name box', async ({ browser }) => {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  await signIn(page, server.url + '/rooms', 'Ada');
+  const width = (testid: string) =>
+    page.getByTestId(testid).evaluate((el) => Math.round(el.getBoundingClientRect().width));
+  expect(await width('messages'), 'message column (px)').toBeGreaterThanOrEqual(640);
+  expect(await width('new-room'), 'room-name box (px)').toBeGreaterThanOrEqual(160);
+  const grid = await page.locator('.rooms').evaluate((el) => Math.round(el.getBoundingClientRect().width));
+  expect(grid, 'the three columns together (px)').toBeGreaterThanOrEqual(1100);
+  await context.close();
+});
+
+test('at 360×740 the pages fit: members above the composer, no page scroll, "Sign out" beside the name, the room named, the placeholder whole', async ({ browser }) => {
+  const context = await browser.newContext({ viewport: { width: 360, height: 740 } });
+  const page = await context.newPage();
+  await signIn(page, server.url + '/rooms', 'Ada');
+  await expect(page.getByTestId('members').locator('li')).toHaveCount(1);
+  await expect(page.getByRole('heading', { name: 'Members' })).toBeInViewport({ ratio: 1 });
+  await expect(page.getByTestId('members').locator('li').first()).toBeInViewport({ ratio: 1 });
+  await expect(input(page)).toBeInViewport({ ratio: 1 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollHeight - window.innerHeight);
+  expect(overflow, 'the page scrolls (px)').toBeLessThanOrEqual(0);
+
+  // Chat says which room it is, and "Sign out" shares a line with the name.
+  await page.goto(server.url + '/chat');
+  await expect(page.getByTestId('chat-status')).toHaveText('Live');
+  await expect(page.getByTestId('current-room')).toHaveText('#general');
+  const top = (loc: Locator) =>
+    loc.evaluate((el) => Math.round(el.getBoundingClientRect().top + el.getBoundingClientRect().height / 2));
+  const signOut = page.getByRole('button', { name: 'Sign out' });
+  expect(Math.abs((await top(signOut)) - (await top(page.getByTestId('whoami')))), 'Sign out on the name’s line').toBeLessThanOrEqual(4);
+
+  // The feed's notification box shows its whole placeholder.
+  await page.goto(server.url + '/');
+  const fits = await page.getByTestId('publish-text').evaluate((el: HTMLInputElement) => {
+    const style = getComputedStyle(el);
+    const canvas = document.createElement('canvas').getContext('2d')!;
+    canvas.font = `${style.fontStyle} ${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+    const room = el.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    return { text: canvas.measureText(el.placeholder).width, room };
+  });
+  expect(fits.text, `placeholder ${fits.text} px in ${fits.room} px`).toBeLessThanOrEqual(fits.room);
+  await context.close();
+});
+
+test('the not-found page has the site’s look and a 404', async ({ page }) => {
+  const res = await page.goto(server.url + '/no/such/page');
+  expect(res?.status()).toBe(404);
+  await expect(page).toHaveTitle('Not found · pulse');
+  const colors = await page.evaluate(() => ({
+    link: getComputedStyle(document.querySelector('main a')!).color,
+    accent: getComputedStyle(document.querySelector('.brand')!).color,
+  }));
+  expect(colors.link).toBe(colors.accent);
 });

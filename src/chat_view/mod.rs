@@ -128,7 +128,7 @@ fn Connected(state: ChatState, body: fn(ChatState, Connection) -> AnyView) -> im
                 "over HTTP (WebSockets are blocked)"
             </span>
             <span class="whoami">
-                "Signed in as "
+                <span class="whoami-label">"Signed in as "</span>
                 <strong data-testid="whoami">
                     {move || state.session.with(|s| s.as_ref().map(|s| s.user.clone()))}
                 </strong>

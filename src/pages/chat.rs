@@ -27,6 +27,7 @@ fn general(state: ChatState, conn: Connection) -> AnyView {
     let room = Signal::derive(|| ROOM.to_string());
     view! {
         <div class="chat">
+            <h2 data-testid="current-room">"#"{ROOM}</h2>
             <MessageList state conn room/>
             <Composer state conn room/>
         </div>

@@ -77,7 +77,7 @@ pub fn PublishForm() -> impl IntoView {
                     id="publish-text"
                     name="text"
                     data-testid="publish-text"
-                    placeholder="Notify everyone… (signed-in users)"
+                    placeholder="Notify everyone…"
                     maxlength=MAX_TEXT_CHARS
                     required
                     node_ref=field
