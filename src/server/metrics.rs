@@ -146,6 +146,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
         INVALID_MESSAGES,
         SLOW_CLIENTS_DROPPED,
         PUBLICATIONS_RECEIVED,
+        BROKER_PROBES_LOST,
     ] {
         counter!(name).absolute(0);
     }

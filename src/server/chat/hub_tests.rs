@@ -26,13 +26,7 @@ fn user(id: &str, name: &str) -> User {
 }
 
 fn hub_with(max_rooms: usize, idle: Duration, per_hour: u32) -> Hub {
-    let limits = StreamLimits {
-        size: 100,
-        bytes: 1 << 20,
-        ttl: Duration::from_secs(3600),
-        dedup_window: Duration::from_secs(60),
-        presence_ttl: Duration::from_secs(30),
-    };
+    let limits = StreamLimits::for_tests();
     let rooms = RoomLimits {
         max_rooms,
         room_idle: idle,
@@ -270,13 +264,7 @@ fn idle_rooms_go_and_room_creation_is_limited_per_user() {
 
 #[test]
 fn the_users_of_one_address_share_a_room_creation_budget() {
-    let limits = StreamLimits {
-        size: 100,
-        bytes: 1 << 20,
-        ttl: Duration::from_secs(3600),
-        dedup_window: Duration::from_secs(60),
-        presence_ttl: Duration::from_secs(30),
-    };
+    let limits = StreamLimits::for_tests();
     let rooms = RoomLimits {
         max_rooms: 100,
         room_idle: Duration::from_secs(60),

@@ -482,14 +482,7 @@ mod tests {
     use super::*;
 
     fn broker() -> MemoryBroker {
-        let limits = StreamLimits {
-            size: 100,
-            bytes: 1 << 20,
-            ttl: Duration::from_secs(3600),
-            dedup_window: Duration::from_secs(60),
-            presence_ttl: Duration::from_secs(30),
-        };
-        MemoryBroker(Shared::new(limits))
+        MemoryBroker(Shared::new(StreamLimits::for_tests()))
     }
 
     fn key(client_id: &str) -> IdempotencyKey {

@@ -112,6 +112,21 @@ pub struct StreamLimits {
     pub presence_ttl: Duration,
 }
 
+#[cfg(test)]
+impl StreamLimits {
+    /// The unit tests' limits: 100 publications or 1 MiB, kept an hour; a
+    /// minute's dedup window; 30 s presence.
+    pub fn for_tests() -> StreamLimits {
+        StreamLimits {
+            size: 100,
+            bytes: 1 << 20,
+            ttl: Duration::from_secs(3600),
+            dedup_window: Duration::from_secs(60),
+            presence_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The three shared services of this instance.
 #[derive(Clone)]
 pub struct Cluster {

@@ -57,9 +57,10 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const TIMEOUT: Duration = Duration::from_secs(1);
 /// A probe not back within this means the subscriptions stopped delivering.
 const PROBE_DEADLINE: Duration = Duration::from_secs(3);
-/// A cluster or Sentinel connection down this long is opened afresh (the
-/// slot map or the master may have changed while redis-rs keeps trying the
-/// old nodes); a single server's manager reconnects by itself.
+/// A cluster or Sentinel connection that stops answering, once it has been
+/// open this long, is opened afresh (the slot map or the master may have
+/// changed while redis-rs keeps trying the old nodes); a single server's
+/// manager reconnects by itself.
 const REOPEN_AFTER: Duration = Duration::from_secs(2);
 
 /// The channel of notifications.
@@ -385,7 +386,8 @@ impl Link {
         };
         if !self.state.subscribed.load(Ordering::Relaxed) {
             // The first subscription is ours to make (and any that a failed
-            // reconnect lost); the connection renews it on every reconnect.
+            // reconnect lost); a single server's manager also renews it on
+            // every reconnect, a cluster's client does not.
             let subscribed = tokio::time::timeout(TIMEOUT, connection.subscribe(&own.all)).await;
             if matches!(subscribed, Ok(Ok(()))) {
                 self.state.subscribed.store(true, Ordering::Relaxed);
